@@ -1,0 +1,28 @@
+"""Decoders behind one interface (see base.Decoder); ``make_decoder`` builds one by name."""
+
+from __future__ import annotations
+
+from harness.decoding.autoregressive import AutoregressiveDecoder
+from harness.decoding.base import Decoder, Generation, SamplingParams, Stats, StopCondition
+from harness.decoding.peers import HfGenerateDecoder
+from harness.decoding.sdsat import SdsatDecoder
+from harness.errors import HarnessError
+from harness.models import LoadedModel
+
+DECODERS = ("ar", "sdsat", "hf", "hf-pld")
+PLD_DEFAULT_TOKENS = 10
+
+
+def make_decoder(name: str, lm: LoadedModel, k: int = 0, accept: str = "exact", tree: str | None = None) -> Decoder:
+    if name == "ar":
+        return AutoregressiveDecoder(lm)
+    if name == "sdsat":
+        return SdsatDecoder(lm, k, accept=accept, tree=tree)
+    if name == "hf":
+        return HfGenerateDecoder(lm, "hf")
+    if name == "hf-pld":
+        return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=k or PLD_DEFAULT_TOKENS)
+    raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(DECODERS)})")
+
+
+__all__ = ["DECODERS", "Decoder", "Generation", "SamplingParams", "Stats", "StopCondition", "make_decoder"]

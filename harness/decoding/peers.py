@@ -1,0 +1,55 @@
+"""External reference decoders through transformers' ``model.generate``:
+``hf`` (plain generation) and ``hf-pld`` (prompt-lookup decoding, a training-free speculative peer).
+
+Their internals are transformers', so the statistics that can be measured from outside are reported:
+forward passes are counted with a forward hook; prefill is not separable and is included in decode_s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink
+from harness.errors import HarnessError
+from harness.models import LoadedModel
+
+
+class HfGenerateDecoder:
+    def __init__(self, lm: LoadedModel, name: str = "hf", prompt_lookup_num_tokens: int | None = None):
+        self.lm = lm
+        self.name = name
+        self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
+
+    def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
+        if len(prompt_ids) == 0:
+            raise HarnessError("empty prompt: at least one token is needed to decode from")
+        model = self.lm.model
+        ids = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.lm.device)
+        kwargs = dict(
+            max_new_tokens=stop.max_new_tokens,
+            do_sample=not sampling.greedy,
+            eos_token_id=sorted(stop.eos_token_ids) or None,
+            pad_token_id=self.lm.tokenizer.pad_token_id or self.lm.tokenizer.eos_token_id,
+            attention_mask=torch.ones_like(ids),
+        )
+        if not sampling.greedy:
+            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+            torch.manual_seed(sampling.seed)
+        if stop.stop_strings:
+            kwargs.update(stop_strings=list(stop.stop_strings), tokenizer=self.lm.tokenizer)
+        if self.prompt_lookup_num_tokens:
+            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
+        calls = []
+        hook = model.register_forward_hook(lambda *_: calls.append(1))
+        try:
+            with torch.inference_mode(), Timer(self.lm.device) as t:
+                out = model.generate(ids, **kwargs)
+        finally:
+            hook.remove()
+        sink = TokenSink(self.lm.tokenizer, prompt_ids, stop)
+        sink.emit(out[0, ids.shape[1] :].tolist())
+        stats = Stats(decode_s=t.seconds, prefill_passes=1, forward_passes=max(0, len(calls) - 1))
+        stats.new_tokens = len(sink.tokens)  # per-loop counts are transformers' internals: not recorded
+        return Generation(list(sink.tokens), sink.text, sink.stop_reason or "max_new_tokens", stats)

@@ -1,0 +1,102 @@
+"""State shared by our cached decoders for one generation: the KV cache, the pending token, the sink
+and the statistics. Every forward pass of ``ar``, ``sdsat`` and ``sdsat-fused`` goes through
+:meth:`DecodeSession.forward`, so all of them pay for exactly the same machinery."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from harness import hf_compat
+from harness.decoding.base import (
+    Generation,
+    LoopRecord,
+    SamplingParams,
+    Stats,
+    StopCondition,
+    Timer,
+    TokenSink,
+)
+from harness.decoding.sampling import draw, make_generator, target_probs
+from harness.errors import HarnessError
+from harness.models import LoadedModel
+
+
+class DecodeSession:
+    def __init__(self, lm: LoadedModel, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams):
+        if len(prompt_ids) == 0:
+            raise HarnessError("empty prompt: at least one token is needed to decode from")
+        if stop.max_new_tokens < 1:
+            raise HarnessError("max_new_tokens must be at least 1")
+        self.lm = lm
+        self.prompt_ids = list(prompt_ids)
+        self.sampling = sampling
+        self.generator = make_generator(sampling.seed)
+        self.cache = hf_compat.new_cache(lm.model)
+        self.sink = TokenSink(lm.tokenizer, prompt_ids, stop)
+        self.stats = Stats()
+        # Invariant between loops: the cache holds every token but ``pending``.
+        self.pending = self.prompt_ids[-1]
+
+    @property
+    def done(self) -> bool:
+        return self.sink.done
+
+    @property
+    def cache_length(self) -> int:
+        return hf_compat.cache_length(self.cache)
+
+    def prefill(self) -> None:
+        hf_compat.reset_peak_memory(self.lm.device)
+        with Timer(self.lm.device) as t:
+            if len(self.prompt_ids) > 1:
+                self._forward(self.prompt_ids[:-1], logits_to_keep=1)
+                self.stats.prefill_passes += 1
+        self.stats.prefill_s = t.seconds
+
+    def _forward(self, tokens, positions=None, allowed=None, logits_to_keep=0) -> torch.Tensor:
+        device = self.lm.device
+        base = self.cache_length
+        ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[None]
+        if positions is None:
+            positions = torch.arange(base, base + ids.shape[1], device=device)
+        mask = None
+        if allowed is not None:
+            # Block-local visibility (q x q) plus full visibility of the cached prefix.
+            full = torch.ones(allowed.shape[0], base + allowed.shape[1], dtype=torch.bool, device=device)
+            full[:, base:] = allowed.to(device)
+            mask = hf_compat.additive_mask(full, self.lm.dtype)
+        return hf_compat.forward(
+            self.lm.model, ids, positions.to(device)[None], self.cache, mask, logits_to_keep=logits_to_keep
+        )
+
+    def forward(
+        self, tokens: Sequence[int], positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A decode forward pass over ``tokens`` appended to the cache; logits (len(tokens), vocab).
+        ``positions`` default to consecutive ones after the cache; ``allowed`` (q x q bool) restricts
+        attention inside the block (tree verification), the cached prefix staying visible."""
+        return self._forward(tokens, positions, allowed)
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """The next token from one position's logits: argmax, or a draw from the target distribution."""
+        if self.sampling.greedy:
+            return int(torch.argmax(logits))
+        return draw(target_probs(logits, self.sampling), self.generator)
+
+    def emit(self, tokens: Sequence[int]) -> int:
+        return self.sink.emit(tokens)
+
+    def record(self, drafted: int, accepted: int, emitted: int, forwards: int) -> None:
+        self.stats.loops.append(LoopRecord(drafted, accepted, emitted, forwards))
+        self.stats.forward_passes += forwards
+
+    def decoding(self) -> Timer:
+        return Timer(self.lm.device)
+
+    def result(self, decode_s: float) -> Generation:
+        self.stats.decode_s = decode_s
+        self.stats.new_tokens = len(self.sink.tokens)
+        self.stats.peak_memory_bytes = hf_compat.peak_memory_bytes(self.lm.device)
+        return Generation(list(self.sink.tokens), self.sink.text, self.sink.stop_reason or "max_new_tokens", self.stats)

@@ -1,0 +1,192 @@
+"""Load a causal LM and its tokenizer, and describe what SDSAT needs from a checkpoint:
+the adaptive tokens (ids per offset, maximum k) and the fill-in-the-middle tokens.
+
+A checkpoint trained by our recipe carries an ``sdsat`` entry in its config.json::
+
+    "sdsat": {"adaptive_token_ids": [id_1, ..., id_K], "max_k": K}
+
+(one id repeated, as in the public CodeLlama-SDSAT checkpoints, or distinct ids per offset).
+Checkpoints without it get their ids from ``--adaptive-tokens``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.errors import HarnessError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MODELS_DIR = REPO_ROOT / "models"
+# Names that --model resolves inside models/ (the shipped checkpoints of the default recipe).
+DEFAULT_MODELS = {"default": "sdsat-tiny-code-sdsat", "default-base": "sdsat-tiny-code-base"}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
+# CodeLlama's infilling tokens, then the names our recipe's tokenizer uses.
+KNOWN_FIM_TOKENS = (
+    ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"),
+    ("<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_eot>"),
+)
+
+
+@dataclass(frozen=True)
+class AdaptiveSpec:
+    """Adaptive token id for each draft offset 1..max_k."""
+
+    token_ids: tuple[int, ...]
+
+    @property
+    def max_k(self) -> int:
+        return len(self.token_ids)
+
+    def ids_for(self, k: int) -> list[int]:
+        if k > self.max_k:
+            raise HarnessError(f"k={k} is beyond the model's {self.max_k} adaptive tokens (max k = {self.max_k})")
+        return list(self.token_ids[:k])
+
+    def to_config(self) -> dict:
+        return {"adaptive_token_ids": list(self.token_ids), "max_k": self.max_k}
+
+
+@dataclass(frozen=True)
+class FimSpec:
+    prefix: str
+    suffix: str
+    middle: str
+    end: str
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    adaptive: AdaptiveSpec | None
+    fim: FimSpec | None
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        ids = set()
+        for source in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return frozenset(ids)
+
+    def require_adaptive(self, k: int) -> list[int]:
+        if self.adaptive is None:
+            raise HarnessError(
+                f"model '{self.name}' has no adaptive tokens: SDSAT decoding needs a checkpoint with an "
+                "'sdsat' config entry or --adaptive-tokens ID[,ID...]"
+            )
+        return self.adaptive.ids_for(k)
+
+
+def parse_adaptive_tokens(text: str, vocab_size: int) -> AdaptiveSpec:
+    """'32011,32011,32011' or '32011*3' (one id repeated) or '100,101,102' (one id per offset)."""
+    ids: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "*" in part:
+                token, count = part.split("*")
+                ids.extend([int(token)] * int(count))
+            elif part:
+                ids.append(int(part))
+    except ValueError:
+        raise HarnessError(f"--adaptive-tokens: expected comma-separated ids or ID*N, got '{text}'") from None
+    if not ids:
+        raise HarnessError("--adaptive-tokens: no ids given")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise HarnessError(f"--adaptive-tokens: id {bad[0]} is outside the vocabulary (size {vocab_size})")
+    return AdaptiveSpec(tuple(ids))
+
+
+def adaptive_from_config(config) -> AdaptiveSpec | None:
+    entry = getattr(config, "sdsat", None)
+    if not entry:
+        return None
+    return AdaptiveSpec(tuple(int(i) for i in entry["adaptive_token_ids"]))
+
+
+def fim_from_tokenizer(tokenizer) -> FimSpec | None:
+    vocab = tokenizer.get_vocab()
+    for names in KNOWN_FIM_TOKENS:
+        if all(n in vocab for n in names):
+            return FimSpec(*names)
+    return None
+
+
+def resolve_model_path(spec: str) -> str:
+    """'default'/'default-base' -> shipped checkpoint; an existing directory -> itself; else a hub id."""
+    if spec in DEFAULT_MODELS:
+        path = MODELS_DIR / DEFAULT_MODELS[spec]
+        if not (path / "config.json").exists():
+            raise HarnessError(f"the default model is not shipped in this checkout (expected {path})")
+        return str(path)
+    if os.path.isdir(spec):
+        if not os.path.exists(os.path.join(spec, "config.json")):
+            raise HarnessError(f"model directory '{spec}' has no config.json")
+        return spec
+    if os.path.exists(spec) or spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
+        raise HarnessError(f"model directory not found: {spec}")
+    return spec  # a hub id
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise HarnessError("--device cuda: no CUDA device is available on this machine")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise HarnessError(f"--device: expected cpu or cuda, got '{name}'")
+    return torch.device(name)
+
+
+def load_model(
+    spec: str,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    adaptive_tokens: str | None = None,
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise HarnessError(f"--dtype: expected one of {', '.join(DTYPES)}, got '{dtype}'")
+    torch_device = resolve_device(device)
+    path = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarnessError(f"cannot load model '{spec}': {first_line}") from None
+    model.to(torch_device).eval()
+    adaptive = (
+        parse_adaptive_tokens(adaptive_tokens, model.config.vocab_size)
+        if adaptive_tokens
+        else adaptive_from_config(model.config)
+    )
+    return LoadedModel(
+        name=spec,
+        model=model,
+        tokenizer=tokenizer,
+        adaptive=adaptive,
+        fim=fim_from_tokenizer(tokenizer),
+        device=torch_device,
+        dtype=DTYPES[dtype],
+    )
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """Token ids of a prompt, starting with BOS where the tokenizer has one (as CodeLlama's adds)."""
+    ids = list(tokenizer(text, add_special_tokens=True).input_ids)
+    bos = tokenizer.bos_token_id
+    if bos is not None and (not ids or ids[0] != bos):
+        ids.insert(0, bos)
+    return ids

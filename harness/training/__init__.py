@@ -1,0 +1,1 @@
+"""The recipe that builds our own code LM and its SDSAT fine-tune (tokenizer, model, batches)."""

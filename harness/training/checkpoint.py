@@ -1,0 +1,59 @@
+"""Building and saving Llama checkpoints that carry their adaptive-token spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from harness.models import AdaptiveSpec
+from harness.training.tokenizer import adaptive_token_names
+
+
+def adaptive_spec_for(tokenizer, max_k: int, repeated: bool = False) -> AdaptiveSpec:
+    """Distinct adaptive ids per offset, or the first adaptive id repeated (public-checkpoint style)."""
+    ids = tokenizer.convert_tokens_to_ids(adaptive_token_names(max_k))
+    return AdaptiveSpec(tuple([ids[0]] * max_k if repeated else ids))
+
+
+def llama_config(
+    vocab_size: int,
+    hidden: int = 256,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+    max_positions: int = 2048,
+    tokenizer=None,
+    **extra,
+) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 4 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads or heads,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id if tokenizer else None,
+        eos_token_id=tokenizer.eos_token_id if tokenizer else None,
+        pad_token_id=tokenizer.pad_token_id if tokenizer else None,
+        tie_word_embeddings=True,
+        **extra,
+    )
+
+
+def random_model(config: LlamaConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(dtype).eval()
+
+
+def save_checkpoint(model, tokenizer, out_dir: str | Path, adaptive: AdaptiveSpec | None) -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if adaptive is not None:
+        model.config.sdsat = adaptive.to_config()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install sdsat-bench with its test tools. Safe to re-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# torch first and pinned: on the CPU machines this is a local CPU wheel; an unpinned torch pulled in
+# by another requirement would be a multi-GB CUDA build.
+.venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
+.venv/bin/python -m pip install -q -e ".[test]"

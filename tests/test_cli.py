@@ -1,0 +1,119 @@
+"""The decode command, and bad input: one line on stderr, non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_decode_prints_completion_then_stats(capsys, tiny_checkpoint):
+    code, out, _ = _run(
+        capsys,
+        "decode",
+        "--model",
+        str(tiny_checkpoint),
+        "--decoder",
+        "sdsat",
+        "--k",
+        "3",
+        "--prompt",
+        "def f(a):",
+        "--max-new-tokens",
+        "12",
+    )
+    assert code == 0
+    stats = json.loads(out.strip().splitlines()[-1])
+    assert stats["decoder"] == "sdsat" and 1 <= stats["new_tokens"] <= 12
+    assert stats["drafted"] >= stats["accepted"] >= 0
+
+
+def test_decode_json_with_adaptive_tokens_flag(capsys, plain_checkpoint):
+    code, out, _ = _run(
+        capsys,
+        "decode",
+        "--model",
+        str(plain_checkpoint),
+        "--decoder",
+        "sdsat",
+        "--k",
+        "2",
+        "--adaptive-tokens",
+        "7*2",
+        "--temperature",
+        "0.7",
+        "--prompt",
+        "abc",
+        "--json",
+    )
+    assert code == 0
+    record = json.loads(out)
+    assert set(record) >= {"completion", "accept_rate", "tokens_per_forward", "prefill_s", "decode_s"}
+
+
+@pytest.mark.parametrize("decoder", ["ar", "hf"])
+def test_baselines_run_without_adaptive_tokens(capsys, plain_checkpoint, decoder):
+    code, _, _ = _run(
+        capsys,
+        "decode",
+        "--model",
+        str(plain_checkpoint),
+        "--decoder",
+        decoder,
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "5",
+    )
+    assert code == 0
+
+
+BAD_INPUT = [
+    (["--model", "/no/such/model/dir"], "model directory not found"),
+    (["--model", "{tiny}", "--k", "5"], "beyond the model's 4 adaptive tokens"),
+    (["--model", "{plain}", "--k", "2"], "has no adaptive tokens"),
+    (["--model", "{tiny}", "--prompt", ""], "empty prompt"),
+    (["--model", "{tiny}", "--decoder", "beam"], "unknown decoder"),
+    (["--model", "{plain}", "--adaptive-tokens", "7,x"], "--adaptive-tokens"),
+    (["--model", "{plain}", "--adaptive-tokens", "99999"], "outside the vocabulary"),
+    (["--model", "{tiny}", "--dtype", "fp8"], "--dtype"),
+    (["--model", "{tiny}", "--accept", "maybe", "--temperature", "1"], "--accept"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUT)
+def test_bad_input_is_one_line(capsys, tiny_checkpoint, plain_checkpoint, args, message):
+    args = [a.format(tiny=tiny_checkpoint, plain=plain_checkpoint) for a in args]
+    if "--prompt" not in args:
+        args += ["--prompt", "abc"]
+    code, _, err = _run(capsys, "decode", *args)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_bad_input_from_the_console_has_no_traceback(tiny_checkpoint):
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "decode", "--model", str(tiny_checkpoint), "--k", "9", "--prompt", "x"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert "beyond the model's 4 adaptive tokens" in proc.stderr
+
+
+def test_missing_subcommand_argument_is_one_line(capsys):
+    code, _, err = _run(capsys, "decode", "--prompt", "x")
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "--model" in err

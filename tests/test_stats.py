@@ -1,0 +1,77 @@
+"""Statistics invariants and stop handling shared by all decoders."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.decoding import SamplingParams, StopCondition, make_decoder
+from harness.decoding.base import TokenSink
+from tests.tiny import make_lm, prompt_ids
+
+
+@pytest.mark.parametrize(
+    "decoder,k,sampling",
+    [
+        ("ar", 0, SamplingParams()),
+        ("sdsat", 4, SamplingParams()),
+        ("sdsat", 5, SamplingParams(temperature=0.8, top_p=0.9)),
+        ("sdsat", 3, SamplingParams(temperature=1.0, seed=3)),
+    ],
+)
+@pytest.mark.parametrize("context_free", [False, True])
+def test_stats_invariants(decoder, k, sampling, context_free):
+    lm = make_lm(seed=7, context_free=context_free)
+    for max_new in (1, 2, 17, 64):
+        gen = make_decoder(decoder, lm, k=k).generate(prompt_ids(lm, "abc"), StopCondition(max_new), sampling)
+        st = gen.stats
+        assert st.new_tokens == len(gen.tokens) == sum(loop.emitted for loop in st.loops)
+        assert st.new_tokens <= max_new
+        assert st.accepted <= st.drafted
+        assert all(0 <= loop.accepted <= loop.drafted for loop in st.loops)
+        assert st.forward_passes == sum(loop.forwards for loop in st.loops)
+        assert st.prefill_passes == 1
+        if gen.stop_reason == "max_new_tokens":
+            assert st.new_tokens == max_new
+        if decoder == "sdsat":
+            assert all(loop.forwards in (1, 2) for loop in st.loops)
+            # a full loop emits t1, the accepted drafts and the bonus token; only the last one may be cut
+            assert all(loop.emitted == 2 + loop.accepted for loop in st.loops[:-1])
+
+
+def test_drafts_past_a_stop_are_cut_and_not_counted():
+    """Context-free greedy model: every draft is accepted, so a stop inside a loop's drafts is cut."""
+    lm = make_lm(seed=3, context_free=True)
+    ids = prompt_ids(lm, "abc")
+    full = make_decoder("sdsat", lm, k=8).generate(ids, StopCondition(40), SamplingParams())
+    assert full.stats.accepted == full.stats.drafted > 0  # the whole chain is accepted each loop
+    for max_new in range(1, 12):
+        gen = make_decoder("sdsat", lm, k=8).generate(ids, StopCondition(max_new), SamplingParams())
+        assert gen.tokens == full.tokens[:max_new]
+        # loop 1 emits t1, 8 drafts, the bonus (tokens 1..10); token 11 is the next loop's t1
+        assert gen.stats.accepted == min(8, max_new - 1)
+        assert gen.stats.new_tokens == max_new
+
+
+class _CharTok:
+    """Decodes ids as characters: enough to test the sink's stop-string logic alone."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(chr(i) for i in ids if not (skip_special_tokens and i < 2))  # 0, 1: specials
+
+
+def test_sink_cuts_at_first_stop_string_inside_a_batch():
+    sink = TokenSink(
+        _CharTok(), [0, ord("x")], StopCondition(100, stop_strings=("\ndef", "\n#"), eos_token_ids=frozenset({1}))
+    )
+    kept = sink.emit([ord(c) for c in "ab\n#cd\ndef"])
+    assert sink.done and sink.stop_reason == "stop_string"
+    assert sink.text == "ab"
+    assert kept == 4  # through the token that completes the stop string
+    assert sink.emit([ord("z")]) == 0
+
+
+def test_sink_eos_and_max_new_tokens():
+    sink = TokenSink(_CharTok(), [0], StopCondition(3, eos_token_ids=frozenset({1})))
+    assert sink.emit([ord("a"), 1, ord("b")]) == 2 and sink.stop_reason == "eos" and sink.text == "a"
+    sink = TokenSink(_CharTok(), [0], StopCondition(3))
+    assert sink.emit([ord(c) for c in "abcdef"]) == 3 and sink.stop_reason == "max_new_tokens"

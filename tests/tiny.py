@@ -1,0 +1,57 @@
+"""Tiny random Llama models built inside the tests: no download, reserved ids as adaptive tokens."""
+
+from __future__ import annotations
+
+import torch
+
+from harness.models import LoadedModel, fim_from_tokenizer
+from harness.training.checkpoint import adaptive_spec_for, llama_config, random_model
+from harness.training.tokenizer import char_tokenizer
+
+ALPHABET = "abcdefgh ():\n"
+
+
+def make_lm(
+    seed: int = 0,
+    alphabet: str = ALPHABET,
+    repeated: bool = False,
+    context_free: bool = False,
+    init_range: float = 0.2,
+    dtype: torch.dtype = torch.float64,
+    max_k: int = 16,
+) -> LoadedModel:
+    """A random 2-layer Llama over a character vocabulary. float64 by default, so that the different
+    shapes of AR and speculative forward passes cannot flip an argmax through rounding.
+    ``context_free``: every token has the same embedding, so every position predicts the same
+    distribution (adaptive drafts are then always right under greedy decoding)."""
+    tokenizer = char_tokenizer(alphabet)
+    config = llama_config(
+        len(tokenizer),
+        hidden=32,
+        layers=2,
+        heads=4,
+        kv_heads=2,
+        intermediate=64,
+        tokenizer=tokenizer,
+        initializer_range=init_range,
+    )
+    model = random_model(config, seed=seed, dtype=dtype)
+    if context_free:
+        with torch.no_grad():
+            model.model.embed_tokens.weight.copy_(
+                model.model.embed_tokens.weight[0].expand_as(model.model.embed_tokens.weight)
+            )
+            model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.3)
+    return LoadedModel(
+        name=f"tiny-{seed}",
+        model=model,
+        tokenizer=tokenizer,
+        adaptive=adaptive_spec_for(tokenizer, max_k, repeated=repeated),
+        fim=fim_from_tokenizer(tokenizer),
+        device=torch.device("cpu"),
+        dtype=dtype,
+    )
+
+
+def prompt_ids(lm: LoadedModel, text: str) -> list[int]:
+    return [lm.tokenizer.bos_token_id, *lm.tokenizer(text, add_special_tokens=False).input_ids]
