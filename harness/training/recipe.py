@@ -1,0 +1,186 @@
+"""The default-model recipe, stage by stage: corpus -> tokenizer -> tokens -> pretrain -> sdsat ->
+evaluate. Each stage writes under ``--work`` and is skipped when its output exists, so a run that
+was cut off resumes, and the stages can be split over several calls of a lent GPU."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.training.checkpoint import adaptive_spec_for, llama_config
+from harness.training.corpus import build_corpus, read_corpus
+from harness.training.data import encode_documents
+from harness.training.tokenizer import train_bpe_tokenizer
+from harness.training.train import TrainConfig, heldout_metrics, train
+
+HUMANEVAL_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
+STAGES = ("corpus", "tokenizer", "tokens", "pretrain", "sdsat", "evaluate")
+
+
+@dataclass
+class RecipeConfig:
+    work: str
+    roots: tuple[str, ...]
+    mb_per_lang: dict
+    data_dir: str | None = None
+    humaneval_path: str | None = None
+    vocab_size: int = 8192
+    tokenizer_sample_mb: int = 40
+    hidden: int = 384
+    layers: int = 6
+    heads: int = 6
+    intermediate: int = 1024
+    seq_len: int = 512
+    max_k: int = 15
+    repeated_adaptive: bool = False
+    pretrain_minutes: float = 4.5
+    sdsat_minutes: float = 2.0
+    pretrain_lr: float = 2e-3
+    sdsat_lr: float = 5e-4
+    adaptive_weight: float = 1.0
+    n_groups: int = 16
+    batch_size: int = 64
+    eval_prompts: int = 40
+    eval_max_new_tokens: int = 128
+    seed: int = 0
+
+
+def _humaneval_prompts(path: str | None, limit: int) -> list[str]:
+    if not path or not Path(path).exists():
+        return []
+    with gzip.open(path, "rt") as f:
+        # Stripped, as bigcode-evaluation-harness does: a prompt ending in a bare newline token asks a
+        # byte-level BPE model for a token boundary it only saw at the end of files.
+        return [json.loads(line)["prompt"].strip() for line in itertools.islice(f, limit)]
+
+
+def _save(model, tokenizer, out: Path, adaptive) -> None:
+    model = model.to(torch.bfloat16)
+    if adaptive is not None:
+        model.config.sdsat = adaptive.to_config()
+    model.save_pretrained(out, max_shard_size="12MB")  # files small enough to bring home from a lent GPU
+    tokenizer.save_pretrained(out)
+
+
+def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    work = Path(cfg.work)
+    work.mkdir(parents=True, exist_ok=True)
+    corpus_dir, tok_dir = work / "corpus", work / "tokenizer"
+    base_dir, sdsat_dir = work / "base", work / "sdsat"
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
+
+    def timed(stage, fn):
+        t0 = time.perf_counter()
+        fn()
+        timings[stage] = time.perf_counter() - t0
+        (work / "timings.json").write_text(json.dumps(timings, indent=1))
+        log(f"[recipe] {stage}: {timings[stage]:.1f}s")
+
+    if "corpus" in stages and not (corpus_dir / "manifest.json").exists():
+        budget = {lang: int(mb * 1e6) for lang, mb in cfg.mb_per_lang.items()}
+        timed("corpus", lambda: build_corpus(list(cfg.roots), corpus_dir, budget, cfg.data_dir, cfg.humaneval_path))
+
+    if "tokenizer" in stages and not (tok_dir / "tokenizer.json").exists():
+
+        def make_tokenizer():
+            budget = cfg.tokenizer_sample_mb * 1e6
+            sample = []
+            for doc in read_corpus(corpus_dir / "train.jsonl"):
+                sample.append(doc["text"])
+                budget -= len(doc["text"])
+                if budget <= 0:
+                    break
+            train_bpe_tokenizer(sample, cfg.vocab_size).save_pretrained(tok_dir)
+
+        timed("tokenizer", make_tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(tok_dir) if tok_dir.exists() else None
+
+    if "tokens" in stages and not (work / "heldout.npy").exists():
+
+        def make_tokens():
+            for split in ("train", "heldout"):
+                texts = [d["text"] for d in read_corpus(corpus_dir / f"{split}.jsonl")]
+                np.save(work / f"{split}.npy", encode_documents(tokenizer, texts, seed=cfg.seed))
+            manifest = json.loads((corpus_dir / "manifest.json").read_text())
+            manifest["train_tokens"] = int(np.load(work / "train.npy", mmap_mode="r").shape[0])
+            manifest["heldout_tokens"] = int(np.load(work / "heldout.npy", mmap_mode="r").shape[0])
+            (corpus_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+        timed("tokens", make_tokens)
+
+    adaptive = adaptive_spec_for(tokenizer, cfg.max_k, repeated=cfg.repeated_adaptive) if tokenizer else None
+
+    if "pretrain" in stages and not (base_dir / "config.json").exists():
+
+        def pretrain():
+            config = llama_config(len(tokenizer), cfg.hidden, cfg.layers, cfg.heads, intermediate=cfg.intermediate,
+                                  max_positions=2048, tokenizer=tokenizer)  # fmt: skip
+            torch.manual_seed(cfg.seed)
+            model = LlamaForCausalLM(config).to(device)
+            stream = np.load(work / "train.npy", mmap_mode="r")
+            tc = TrainConfig(mode="pretrain", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
+                             time_budget_s=cfg.pretrain_minutes * 60, seed=cfg.seed)  # fmt: skip
+            model, summary = train(model, np.asarray(stream), tc, work / "pretrain_log.jsonl")
+            _save(model, tokenizer, base_dir, None)
+            (work / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
+
+        timed("pretrain", pretrain)
+
+    if "sdsat" in stages and not (sdsat_dir / "config.json").exists():
+
+        def finetune():
+            model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
+            stream = np.load(work / "train.npy", mmap_mode="r")
+            tc = TrainConfig(mode="sdsat", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.sdsat_lr,
+                             warmup=50, time_budget_s=cfg.sdsat_minutes * 60, n_groups=cfg.n_groups,
+                             adaptive_weight=cfg.adaptive_weight, seed=cfg.seed + 1)  # fmt: skip
+            model, summary = train(model, np.asarray(stream), tc, work / "sdsat_log.jsonl", list(adaptive.token_ids))
+            _save(model, tokenizer, sdsat_dir, adaptive)
+            (work / "sdsat_summary.json").write_text(json.dumps(summary, indent=1))
+
+        timed("sdsat", finetune)
+
+    if "evaluate" in stages and (sdsat_dir / "config.json").exists():
+        timed("evaluate", lambda: evaluate(cfg, work, device, log))
+
+
+def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
+    """Held-out standard loss of base and SDSAT, draft accuracy per offset, and greedy accept rate and
+    tokens per forward of the two-step decoder at k = 1..10 on HumanEval prompts."""
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.models import encode_prompt, load_model
+
+    heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
+    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    for name in ("base", "sdsat"):
+        lm = load_model(str(work / name), device=device, dtype="fp32")
+        ids = list(lm.adaptive.token_ids) if lm.adaptive else None
+        results[name] = heldout_metrics(lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
+        log(f"[evaluate] {name}: {results[name]}")
+    lm = load_model(str(work / "sdsat"), device=device, dtype="fp32")
+    prompts = _humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
+    stop = StopCondition(cfg.eval_max_new_tokens, HUMANEVAL_STOPS, lm.eos_token_ids)
+    per_k = {}
+    for k in range(0, 11):
+        decoder = make_decoder("sdsat", lm, k=k)
+        acc = dra = new = fwd = 0
+        for prompt in prompts:
+            stats = decoder.generate(encode_prompt(lm.tokenizer, prompt), stop, SamplingParams()).stats
+            acc, dra = acc + stats.accepted, dra + stats.drafted
+            new, fwd = new + stats.new_tokens, fwd + stats.forward_passes
+        per_k[k] = {"accept_rate": acc / dra if dra else None, "tokens_per_forward": new / fwd if fwd else None,
+                    "new_tokens": new, "forward_passes": fwd}  # fmt: skip
+        log(f"[evaluate] k={k}: {per_k[k]}")
+    results["humaneval_greedy"] = {"prompts": len(prompts), "max_new_tokens": cfg.eval_max_new_tokens, "per_k": per_k}
+    (work / "eval.json").write_text(json.dumps(results, indent=1))
+    return results

@@ -1,0 +1,150 @@
+"""The training loop, shared by pretraining and SDSAT fine-tuning, under ``accelerate``
+(one process, DDP or FSDP as ``accelerate launch`` configures it)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+
+from harness.training.data import sample_windows
+from harness.training.sdsat_batches import IGNORE, build_sdsat_batch
+
+
+@dataclass
+class TrainConfig:
+    mode: str = "pretrain"  # pretrain | sdsat
+    seq_len: int = 512
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_steps: int = 100_000
+    time_budget_s: float = 300.0  # steps are fixed after 20 timed steps to fit this budget
+    n_groups: int = 16  # sdsat: adaptive groups per sequence
+    adaptive_weight: float = 1.0  # sdsat: lambda
+    log_every: int = 50
+    seed: int = 0
+    bf16: bool = True
+
+
+def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+
+
+def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int] | None, gen=None) -> dict:
+    """Losses of one batch. Pretraining: next-token CE. SDSAT: standard CE + lambda * adaptive CE."""
+    if cfg.mode == "pretrain":
+        logits = model(input_ids=x).logits
+        std = _ce(logits[:, :-1], x[:, 1:])
+        return {"loss": std, "standard": std}
+    batch = build_sdsat_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
+    # sdpa takes a bool 4D mask (True = attend) whatever the autocast dtype
+    mask = batch.allowed[:, None]
+    logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits
+    t = batch.seq_len
+    std = _ce(logits[:, :t], batch.targets[:, :t])
+    ada = _ce(logits[:, t:], batch.targets[:, t:])
+    return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
+
+
+def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, adaptive_ids: list[int] | None = None):
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no")
+    torch.manual_seed(cfg.seed + accelerator.process_index)
+    rng = np.random.default_rng(cfg.seed + 1000 * accelerator.process_index)
+    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available(),
+    )  # fmt: skip
+    total = cfg.max_steps
+    lr_at = lambda step: (
+        cfg.lr
+        * (  # noqa: E731
+            min(1.0, (step + 1) / cfg.warmup)
+            * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
+        )
+    )
+    model, opt = accelerator.prepare(model, opt)
+    model.train()
+    log = open(log_path, "w")  # noqa: SIM115 -- appended to for the whole loop
+    start = time.perf_counter()
+    tokens_seen = 0
+    step = 0
+    while step < total:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        x = torch.from_numpy(sample_windows(stream, cfg.batch_size, cfg.seq_len, rng)).to(accelerator.device)
+        with accelerator.autocast():
+            losses = step_losses(model, x, cfg, adaptive_ids, gen)
+        accelerator.backward(losses["loss"])
+        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tokens_seen += x.numel() * accelerator.num_processes
+        step += 1
+        if step == 20:
+            timed_from = time.perf_counter()  # steps 1-20 carry start-up costs: time the next ones
+        if step == 60:
+            # Fix the number of steps to the time budget now that a step's steady time is known.
+            per_step = (time.perf_counter() - timed_from) / 40
+            left = cfg.time_budget_s - (time.perf_counter() - start)
+            total = min(cfg.max_steps, max(step + 1, step + int(left / per_step)))
+        if step % cfg.log_every == 0 or step == total:
+            elapsed = time.perf_counter() - start
+            record = {k: float(v.detach()) for k, v in losses.items()}
+            record.update(step=step, total_steps=total, lr=lr_at(step), elapsed_s=elapsed,
+                          tokens=tokens_seen, tokens_per_s=tokens_seen / elapsed)  # fmt: skip
+            if accelerator.is_main_process:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                print(json.dumps(record), flush=True)
+    log.close()
+    model.eval()
+    return accelerator.unwrap_model(model), {"steps": step, "tokens": tokens_seen,
+                                             "seconds": time.perf_counter() - start, "config": asdict(cfg)}  # fmt: skip
+
+
+@torch.no_grad()
+def heldout_metrics(model, stream: np.ndarray, seq_len: int, adaptive_ids: list[int] | None, n_batches: int = 20,
+                    batch_size: int = 32, n_groups: int = 16, seed: int = 123) -> dict:  # fmt: skip
+    """Standard-token loss (nats/token) on held-out windows; with adaptive ids also the draft accuracy
+    per offset (top-1 of A_j equals x_{i+j+1})."""
+    device = next(model.parameters()).device
+    if len(stream) < 64:
+        return {"heldout_standard_loss": None, "note": f"held-out split too small ({len(stream)} tokens)"}
+    seq_len = min(seq_len, len(stream) - 1)  # a tiny held-out split (tests) still gives windows
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    std_losses, hits, counts = [], None, None
+    for _ in range(n_batches):
+        x = torch.from_numpy(sample_windows(stream, batch_size, seq_len, rng)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=x).logits
+            std_losses.append(float(_ce(logits[:, :-1], x[:, 1:])))
+            if adaptive_ids:
+                b = build_sdsat_batch(x, adaptive_ids, n_groups, generator=gen)
+                lg = model(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.allowed[:, None]).logits
+                t, k = b.seq_len, len(adaptive_ids)
+                pred = lg[:, t:].argmax(-1).reshape(x.shape[0], n_groups, k)
+                tgt = b.targets[:, t:].reshape(x.shape[0], n_groups, k)
+                valid = tgt != IGNORE
+                h = ((pred == tgt) & valid).sum(dim=(0, 1)).cpu()
+                c = valid.sum(dim=(0, 1)).cpu()
+                hits = h if hits is None else hits + h
+                counts = c if counts is None else counts + c
+    out = {"heldout_standard_loss": float(np.mean(std_losses))}
+    if hits is not None:
+        out["draft_accuracy_per_offset"] = (hits / counts.clamp(min=1)).tolist()
+    return out
