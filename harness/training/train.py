@@ -69,13 +69,13 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
         lr=cfg.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available(),
     )  # fmt: skip
     total = cfg.max_steps
-    lr_at = lambda step: (
-        cfg.lr
-        * (  # noqa: E731
+
+    def lr_at(step):
+        return cfg.lr * (
             min(1.0, (step + 1) / cfg.warmup)
             * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
         )
-    )
+
     model, opt = accelerator.prepare(model, opt)
     model.train()
     log = open(log_path, "w")  # noqa: SIM115 -- appended to for the whole loop
