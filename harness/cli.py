@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdsat-lr", type=float, default=5e-4)
     p.add_argument("--adaptive-weight", type=float, default=1.0)
     p.add_argument("--eval-prompts", type=int, default=40)
+    p.add_argument("--targets", default="distill", choices=("distill", "labels"),
+                   help="adaptive-token targets: the model's own standard distribution at that position "
+                   "(default; measured better, see the default model's card) or the corpus tokens")  # fmt: skip
+    p.add_argument("--compare-minutes", type=float, default=1.2, help="stage 'compare': minutes per variant")
     p.set_defaults(func=_cmd_train)
     return parser
 
@@ -110,7 +114,7 @@ def _cmd_train(args) -> int:
         heads=args.heads, intermediate=args.intermediate, seq_len=args.seq_len, batch_size=args.batch_size,
         max_k=args.max_k, repeated_adaptive=args.repeated_adaptive, pretrain_minutes=args.pretrain_minutes,
         sdsat_minutes=args.sdsat_minutes, sdsat_lr=args.sdsat_lr, adaptive_weight=args.adaptive_weight,
-        eval_prompts=args.eval_prompts,
+        eval_prompts=args.eval_prompts, distill=args.targets == "distill", compare_minutes=args.compare_minutes,
     )  # fmt: skip
     run(cfg, tuple(args.stages.split(",")))
     return 0

@@ -51,3 +51,17 @@ def test_targets_and_positions():
         assert int(batch.targets[0, col]) == expected
     assert batch.input_ids[0, t:].tolist() == [7, 8, 9] * 5
     assert not batch.allowed[0, :t, t:].any()  # standard rows never see adaptive columns
+
+
+def test_naive_batch_inlines_groups_and_keeps_targets():
+    from harness.training.sdsat_batches import build_naive_batch
+
+    tokens = torch.arange(100, 112)[None]
+    batch = build_naive_batch(tokens, [7, 8], n_groups=2, generator=torch.Generator().manual_seed(0))
+    ids, targets, std = batch.input_ids[0].tolist(), batch.targets[0].tolist(), batch.is_standard[0].tolist()
+    assert [t for t, s in zip(ids, std, strict=True) if s] == tokens[0].tolist()
+    for col, token in enumerate(ids):
+        if token == 7:  # A_1 right after its anchor x_i predicts x_{i+2}, A_2 predicts x_{i+3}
+            anchor = ids[col - 1]
+            assert targets[col] == (anchor + 2 if anchor + 2 < 112 else IGNORE)
+            assert targets[col + 1] == (anchor + 3 if anchor + 3 < 112 else IGNORE)

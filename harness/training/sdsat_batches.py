@@ -26,6 +26,7 @@ class SdsatBatch:
     allowed: torch.Tensor  # (B, L, L) bool: row may attend to column
     targets: torch.Tensor  # (B, L) the token each position must predict, IGNORE where none
     seq_len: int  # T: the first T columns are standard tokens
+    is_standard: torch.Tensor | None = None  # (B, L) bool, for layouts where they are interleaved
 
     def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
         mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
@@ -79,3 +80,43 @@ def build_sdsat_batch(
         targets=torch.cat([std_targets, group_targets], dim=1),
         seq_len=t,
     )
+
+
+def build_naive_batch(
+    tokens: torch.Tensor, adaptive_ids: list[int], n_groups: int, generator: torch.Generator | None = None
+) -> SdsatBatch:
+    """The baseline the paper's Figure 5 compares against: each group inserted inline right after its
+    anchor, plain causal attention and consecutive positions, so later standard tokens see (and are
+    disturbed by) the adaptive tokens. Targets are the same as in :func:`build_sdsat_batch`;
+    ``seq_len`` is 0 because standard and adaptive positions are interleaved (see ``is_standard``)."""
+    b, t = tokens.shape
+    k = len(adaptive_ids)
+    rows_ids, rows_targets, rows_std = [], [], []
+    scores = torch.rand(b, t - 1, generator=generator)
+    anchors = scores.topk(n_groups, dim=1).indices.sort(dim=1).values
+    for row in range(b):
+        ids, targets, std = [], [], []
+        anchor_set = set(anchors[row].tolist())
+        x = tokens[row].tolist()
+        for i in range(t):
+            ids.append(x[i])
+            targets.append(x[i + 1] if i + 1 < t else IGNORE)
+            std.append(True)
+            if i in anchor_set:
+                ids += adaptive_ids
+                targets += [x[i + j + 1] if i + j + 1 < t else IGNORE for j in range(1, k + 1)]
+                std += [False] * k
+        rows_ids.append(ids)
+        rows_targets.append(targets)
+        rows_std.append(std)
+    n = t + n_groups * k
+    device = tokens.device
+    batch = SdsatBatch(
+        input_ids=torch.tensor(rows_ids, device=device),
+        position_ids=torch.arange(n, device=device)[None].expand(b, -1),
+        allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril()[None].expand(b, -1, -1),
+        targets=torch.tensor(rows_targets, device=device),
+        seq_len=0,
+    )
+    batch.is_standard = torch.tensor(rows_std, device=device)
+    return batch

