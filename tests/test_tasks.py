@@ -1,0 +1,153 @@
+"""Task registry, data loading (local route), prompts, scoring and validation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.errors import HarnessError
+from harness.execution.languages import get_language
+from harness.models import FimSpec
+from harness.scoring import judge, validate
+from harness.tasks import build_prompt, load_problems, registry, wrong_completion
+
+REPO = Path(__file__).resolve().parent.parent
+SOLUTIONS = Path(__file__).resolve().parent / "multipl_e_solutions"
+EXPECTED_SIZES = {
+    "humaneval": 164, "multiple-cpp": 161, "multiple-java": 158, "multiple-js": 161, "multiple-ts": 159,
+    "multiple-php": 161, "multiple-sh": 158, "multiple-rs": 156, "multiple-go": 154,
+    "humaneval-infill-single": 1033, "humaneval-infill-multi": 5815, "humaneval-infill-random-span": 1640,
+    "humaneval-infill-random-span-light": 164, "santacoder-fim-py": 1141, "santacoder-fim-js": 2026,
+    "santacoder-fim-java": 1832,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data_dir() -> str:
+    path = Path(os.environ.get("SDSAT_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"evaluation data not found at {path}")
+        pytest.skip("no evaluation data directory")
+    return str(path)
+
+
+def test_registry_names():
+    assert set(registry()) == set(EXPECTED_SIZES)
+    assert next(iter(registry())) == "humaneval"
+
+
+@pytest.mark.parametrize("task", sorted(EXPECTED_SIZES))
+def test_every_task_loads_from_the_local_data(task, data_dir):
+    problems = load_problems(task, data_dir)
+    assert len(problems) == EXPECTED_SIZES[task]
+    assert len({p.problem_id for p in problems}) == len(problems)
+    assert all(p.prompt for p in problems)
+
+
+def test_wheel_ships_the_task_configs(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    wheel = next(tmp_path.glob("sdsat_bench-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert sum(n.startswith("harness/task_configs/") and n.endswith(".yaml") for n in names) == len(EXPECTED_SIZES)
+
+
+def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
+    problem = load_problems("humaneval-infill-single", data_dir, limit=1)[0]
+    fim = FimSpec("<P>", "<S>", "<M>", "<E>")
+    assert build_prompt(problem, fim, "psm") == f"<P>{problem.prompt}<S>{problem.suffix}<M>"
+    assert build_prompt(problem, fim, "spm") == f"<P><S>{problem.suffix}<M>{problem.prompt}"
+    with pytest.raises(HarnessError, match="fill-in-the-middle"):
+        build_prompt(problem, None)
+    assert build_prompt(load_problems("humaneval", limit=1)[0], None).startswith("from typing import List")
+
+
+def test_humaneval_validation_all_references_pass():
+    result = validate(load_problems("humaneval"), workers=2)
+    assert result["ok"] and result["references_passed"] == 164 and result["wrong_statuses"] == {"failed": 164}
+
+
+@pytest.mark.parametrize("task", ["humaneval-infill-random-span-light", "santacoder-fim-py", "santacoder-fim-js",
+                                  "santacoder-fim-java"])  # fmt: skip
+def test_infilling_and_fim_references(task, data_dir):
+    problems = load_problems(task, data_dir)
+    result = validate(problems, workers=2)
+    assert result["ok"] and result["references_passed"] == len(problems)
+
+
+@pytest.mark.parametrize("task", ["humaneval-infill-single", "humaneval-infill-multi", "humaneval-infill-random-span"])
+def test_infilling_references_sample(task, data_dir):
+    """Every 25th problem here (the full sets pass with `sdsat-bench validate`, see the README)."""
+    problems = load_problems(task, data_dir)[::25]
+    assert validate(problems, workers=2)["ok"]
+
+
+@pytest.mark.parametrize("language", ["cpp", "java", "js", "ts", "php", "sh", "rs", "go"])
+def test_multipl_e_hand_written_solutions_pass_and_wrong_ones_fail(language, data_dir):
+    if get_language(language).missing():
+        if os.environ.get("CI"):
+            pytest.fail(f"{language} toolchain missing in CI: {get_language(language).install_hint}")
+        pytest.skip(f"{language} toolchain not installed")
+    problems = {p.problem_id: p for p in load_problems(f"multiple-{language}", data_dir)}
+    files = sorted(SOLUTIONS.glob(f"{language}.*"))
+    assert len(files) == 2
+    for path in files:
+        problem = problems[path.name.split(".", 1)[1]]
+        good = judge(problem, path.read_text())
+        assert good.status == "passed", (path.name, good)
+        bad = judge(problem, wrong_completion(language))
+        assert bad.status in ("failed", "error"), (path.name, bad)
+
+
+def _data_copy(tmp_path: Path, data_dir: str, lang: str, mutate) -> Path:
+    root = tmp_path / "data" / "multipl-e"
+    root.mkdir(parents=True)
+    lines = Path(data_dir, "multipl-e", f"humaneval-{lang}-reworded.jsonl").read_text().splitlines()[:3]
+    lines = mutate(lines)
+    (root / f"humaneval-{lang}-reworded.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (lambda lines: [lines[0], lines[1][: len(lines[1]) // 2], lines[2]], ":2: malformed JSON"),
+        (lambda lines: [lines[0], json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "tests"})],
+         ":2: missing field 'tests'"),
+        (lambda lines: [json.dumps({**json.loads(lines[0]), "language": "cobol"})], ":1: unknown language 'cobol'"),
+    ],
+)  # fmt: skip
+def test_malformed_data_is_one_line_naming_file_and_line(tmp_path, data_dir, mutate, message):
+    bad_dir = _data_copy(tmp_path, data_dir, "js", mutate)
+    with pytest.raises(HarnessError) as err:
+        load_problems("multiple-js", str(bad_dir))
+    assert "humaneval-js-reworded.jsonl" in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_cli_tasks_exec_validate(capsys, tmp_path, data_dir):
+    assert main(["tasks", "--data-dir", data_dir]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list(registry())
+    assert lines[0].split()[1:3] == ["python", "164"]
+    prog = tmp_path / "p.py"
+    prog.write_text("assert 1 + 1 == 2\n")
+    assert main(["exec", "--language", "python", str(prog)]) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["status"] == "passed" and verdict["isolation"]
+    prog.write_text("while True: pass\n")
+    assert main(["exec", "--language", "py", str(prog), "--timeout", "1"]) == 1
+    assert json.loads(capsys.readouterr().out)["status"] == "timeout"
+    assert main(["validate", "humaneval", "--limit", "2"]) == 2
+    assert "--allow-code-execution" in capsys.readouterr().err
+    assert main(["validate", "no-such-task"]) == 2
+    assert "unknown task 'no-such-task'" in capsys.readouterr().err
+    assert main(["validate", "santacoder-fim-py", "--data-dir", data_dir, "--limit", "5"]) == 0
