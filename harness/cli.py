@@ -75,10 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="required: validation executes programs (in the sandbox)")  # fmt: skip
     p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("tiny-model", help="write a small random Llama with adaptive tokens (for smoke tests)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_tiny_model)
     p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
     p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
     p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
@@ -216,20 +212,6 @@ def _cmd_decode(args) -> int:
     else:
         print(gen.text)
         print(json.dumps(record))
-    return 0
-
-
-def _cmd_tiny_model(args) -> int:
-    from harness.training.checkpoint import adaptive_spec_for, llama_config, random_model, save_checkpoint
-    from harness.training.tokenizer import char_tokenizer
-
-    tokenizer = char_tokenizer(
-        "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ\n\t()[]{}:=+-*/_,.'\"#<>!%0123456789"
-    )
-    config = llama_config(len(tokenizer), hidden=64, layers=2, heads=4, intermediate=128, tokenizer=tokenizer)
-    model = random_model(config, seed=args.seed)
-    out = save_checkpoint(model, tokenizer, args.out, adaptive_spec_for(tokenizer, 16))
-    print(out)
     return 0
 
 

@@ -201,9 +201,3 @@ class Timer:
     def __exit__(self, *exc) -> None:
         hf_compat.synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
-
-
-def counted_accepted(kept: int, accepted: int) -> int:
-    """Accepted drafts that survived the sink: drafts are emitted as [accepted drafts..., bonus];
-    if the sink keeps only ``kept`` of them, drafts past the cut are not counted."""
-    return min(accepted, kept)

@@ -49,11 +49,15 @@ def random_model(config: LlamaConfig, seed: int = 0, dtype: torch.dtype = torch.
     return LlamaForCausalLM(config).to(dtype).eval()
 
 
-def save_checkpoint(model, tokenizer, out_dir: str | Path, adaptive: AdaptiveSpec | None) -> Path:
+def save_checkpoint(model, tokenizer, out_dir: str | Path, adaptive: AdaptiveSpec | None,
+                    dtype: torch.dtype | None = None, max_shard_size: str | None = None) -> Path:  # fmt: skip
+    """Weights (optionally cast, e.g. to bf16, and sharded), config with the ``sdsat`` entry, tokenizer."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if dtype is not None:
+        model = model.to(dtype)
     if adaptive is not None:
         model.config.sdsat = adaptive.to_config()
-    model.save_pretrained(out)
+    model.save_pretrained(out, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     tokenizer.save_pretrained(out)
     return out

@@ -14,12 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.training.checkpoint import adaptive_spec_for, llama_config
+from harness.training.checkpoint import adaptive_spec_for, llama_config, save_checkpoint
 from harness.training.corpus import build_corpus, read_corpus
 from harness.training.data import encode_documents
 from harness.training.tokenizer import train_bpe_tokenizer
 from harness.training.train import TrainConfig, heldout_metrics, train
 
+SHARD = "12MB"  # files small enough to bring home from a lent GPU
 HUMANEVAL_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
 STAGES = ("corpus", "tokenizer", "tokens", "pretrain", "sdsat", "evaluate")
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
@@ -63,14 +64,6 @@ def _humaneval_prompts(path: str | None, limit: int) -> list[str]:
         # Stripped, as bigcode-evaluation-harness does: a prompt ending in a bare newline token asks a
         # byte-level BPE model for a token boundary it only saw at the end of files.
         return [json.loads(line)["prompt"].strip() for line in itertools.islice(f, limit)]
-
-
-def _save(model, tokenizer, out: Path, adaptive) -> None:
-    model = model.to(torch.bfloat16)
-    if adaptive is not None:
-        model.config.sdsat = adaptive.to_config()
-    model.save_pretrained(out, max_shard_size="12MB")  # files small enough to bring home from a lent GPU
-    tokenizer.save_pretrained(out)
 
 
 def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
@@ -135,7 +128,7 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
             tc = TrainConfig(mode="pretrain", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
                              time_budget_s=cfg.pretrain_minutes * 60, seed=cfg.seed)  # fmt: skip
             model, summary = train(model, np.asarray(stream), tc, work / "pretrain_log.jsonl")
-            _save(model, tokenizer, base_dir, None)
+            save_checkpoint(model, tokenizer, base_dir, None, torch.bfloat16, SHARD)
             (work / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
 
         timed("pretrain", pretrain)
@@ -149,7 +142,7 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
                              warmup=50, time_budget_s=cfg.sdsat_minutes * 60, n_groups=cfg.n_groups,
                              adaptive_weight=cfg.adaptive_weight, distill=cfg.distill, seed=cfg.seed + 1)  # fmt: skip
             model, summary = train(model, np.asarray(stream), tc, work / "sdsat_log.jsonl", list(adaptive.token_ids))
-            _save(model, tokenizer, sdsat_dir, adaptive)
+            save_checkpoint(model, tokenizer, sdsat_dir, adaptive, torch.bfloat16, SHARD)
             (work / "sdsat_summary.json").write_text(json.dumps(summary, indent=1))
 
         timed("sdsat", finetune)
@@ -161,14 +154,28 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
         timed("compare", lambda: compare(cfg, work, adaptive, device, log))
 
 
+def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
+    """Pooled accept rate and tokens per forward pass of the two-step greedy decoder over prompts."""
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.models import encode_prompt
+
+    decoder = make_decoder("sdsat", lm, k=k)
+    stop = StopCondition(max_new_tokens, HUMANEVAL_STOPS, lm.eos_token_ids)
+    acc = dra = new = fwd = 0
+    for prompt in prompts:
+        st = decoder.generate(encode_prompt(lm.tokenizer, prompt), stop, SamplingParams()).stats
+        acc, dra, new, fwd = acc + st.accepted, dra + st.drafted, new + st.new_tokens, fwd + st.forward_passes
+    return {"accept_rate": acc / dra if dra else None, "tokens_per_forward": new / fwd if fwd else None,
+            "new_tokens": new, "forward_passes": fwd, "prompts": len(prompts)}  # fmt: skip
+
+
 def compare(cfg: RecipeConfig, work: Path, adaptive, device: str, log=print) -> dict:
     """Fine-tune the base with each of VARIANTS for the same time; record standard-token loss curves
     (the paper's Figure 5 compares ours with naive insertion), held-out loss without adaptive tokens,
     draft accuracy per offset and the greedy accept rate at k = 5 on HumanEval prompts."""
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from harness.decoding import SamplingParams, StopCondition, make_decoder
-    from harness.models import LoadedModel, encode_prompt, fim_from_tokenizer
+    from harness.models import LoadedModel, fim_from_tokenizer
 
     stream = np.asarray(np.load(work / "train.npy", mmap_mode="r"))
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
@@ -185,13 +192,7 @@ def compare(cfg: RecipeConfig, work: Path, adaptive, device: str, log=print) -> 
         metrics = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
         lm = LoadedModel(name, model, tokenizer, adaptive, fim_from_tokenizer(tokenizer), torch.device(device),
                          torch.float32)  # fmt: skip
-        stop = StopCondition(cfg.eval_max_new_tokens, HUMANEVAL_STOPS, lm.eos_token_ids)
-        acc = dra = new = fwd = 0
-        for prompt in prompts:
-            st = make_decoder("sdsat", lm, k=5).generate(encode_prompt(tokenizer, prompt), stop, SamplingParams()).stats
-            acc, dra, new, fwd = acc + st.accepted, dra + st.drafted, new + st.new_tokens, fwd + st.forward_passes
-        metrics["humaneval_k5"] = {"accept_rate": acc / max(dra, 1), "tokens_per_forward": new / max(fwd, 1),
-                                   "prompts": len(prompts)}  # fmt: skip
+        metrics["humaneval_k5"] = greedy_acceptance(lm, prompts, 5, cfg.eval_max_new_tokens)
         results[name] = {"summary": summary, **metrics}
         log(f"[compare] {name}: {metrics}")
     (work / "compare.json").write_text(json.dumps(results, indent=1))
@@ -201,8 +202,7 @@ def compare(cfg: RecipeConfig, work: Path, adaptive, device: str, log=print) -> 
 def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
     """Held-out standard loss of base and SDSAT, draft accuracy per offset, and greedy accept rate and
     tokens per forward of the two-step decoder at k = 1..10 on HumanEval prompts."""
-    from harness.decoding import SamplingParams, StopCondition, make_decoder
-    from harness.models import encode_prompt, load_model
+    from harness.models import load_model
 
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
     results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
@@ -211,19 +211,11 @@ def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
         ids = list(lm.adaptive.token_ids) if lm.adaptive else None
         results[name] = heldout_metrics(lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
         log(f"[evaluate] {name}: {results[name]}")
-    lm = load_model(str(work / "sdsat"), device=device, dtype="fp32")
+    # lm is the SDSAT model now
     prompts = _humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
-    stop = StopCondition(cfg.eval_max_new_tokens, HUMANEVAL_STOPS, lm.eos_token_ids)
     per_k = {}
     for k in range(0, min(10, lm.adaptive.max_k) + 1):
-        decoder = make_decoder("sdsat", lm, k=k)
-        acc = dra = new = fwd = 0
-        for prompt in prompts:
-            stats = decoder.generate(encode_prompt(lm.tokenizer, prompt), stop, SamplingParams()).stats
-            acc, dra = acc + stats.accepted, dra + stats.drafted
-            new, fwd = new + stats.new_tokens, fwd + stats.forward_passes
-        per_k[k] = {"accept_rate": acc / dra if dra else None, "tokens_per_forward": new / fwd if fwd else None,
-                    "new_tokens": new, "forward_passes": fwd}  # fmt: skip
+        per_k[k] = greedy_acceptance(lm, prompts, k, cfg.eval_max_new_tokens)
         log(f"[evaluate] k={k}: {per_k[k]}")
     results["humaneval_greedy"] = {"prompts": len(prompts), "max_new_tokens": cfg.eval_max_new_tokens, "per_k": per_k}
     (work / "eval.json").write_text(json.dumps(results, indent=1))
