@@ -217,6 +217,13 @@ def build_prompt(problem: Problem, fim=None, order: str = "psm") -> str:
     return f"{fim.prefix}{problem.prompt}{fim.suffix}{problem.suffix}{fim.middle}"
 
 
+def stop_token_ids(problem: Problem, tokenizer, fim, eos_token_ids: frozenset[int]) -> frozenset[int]:
+    """Token ids that end a generation for this problem: EOS, plus the end-of-infill token for FIM."""
+    if problem.suffix is None or fim is None:
+        return eos_token_ids
+    return eos_token_ids | {tokenizer.convert_tokens_to_ids(fim.end)}
+
+
 def program(problem: Problem, completion: str) -> str:
     """The program that judges a completion: prompt + completion (+ suffix) + tests."""
     return problem.prompt + completion + (problem.suffix or "") + problem.tests

@@ -77,3 +77,14 @@ def test_missing_toolchain_is_unavailable_with_hint(monkeypatch):
     )
     verdict = run_program(lang, "x")
     assert verdict.status == "unavailable" and "apt-get install gnucobol" in verdict.detail
+
+
+@pytest.mark.parametrize("isolation", ["unshare", "rlimits"])
+def test_fallback_isolation_levels_still_judge_and_contain(isolation):
+    assert run_program(PY, "assert 2 + 2 == 4\n", QUICK, isolation=isolation).status == "passed"
+    assert run_program(PY, "assert 2 + 2 == 5\n", QUICK, isolation=isolation).status == "failed"
+    verdict = run_program(PY, "import subprocess\nsubprocess.Popen(['sleep', '1000'])\nwhile True:\n    pass\n",
+                          QUICK, isolation=isolation)  # fmt: skip
+    assert verdict.status == "timeout" and verdict.isolation == isolation
+    assert run_program(PY, f"open({HARNESS_FILE + '.pwned'!r}, 'w')\n", QUICK, isolation=isolation).status == "failed"
+    assert not os.path.exists(HARNESS_FILE + ".pwned")

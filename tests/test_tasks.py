@@ -151,3 +151,17 @@ def test_cli_tasks_exec_validate(capsys, tmp_path, data_dir):
     assert main(["validate", "no-such-task"]) == 2
     assert "unknown task 'no-such-task'" in capsys.readouterr().err
     assert main(["validate", "santacoder-fim-py", "--data-dir", data_dir, "--limit", "5"]) == 0
+
+
+def test_fim_generation_stops_at_end_of_infill(data_dir):
+    from harness.tasks import stop_token_ids
+
+    class Tok:
+        def convert_tokens_to_ids(self, token):
+            return {"<E>": 9}[token]
+
+    fim = FimSpec("<P>", "<S>", "<M>", "<E>")
+    infill = load_problems("humaneval-infill-single", data_dir, limit=1)[0]
+    plain = load_problems("humaneval", limit=1)[0]
+    assert stop_token_ids(infill, Tok(), fim, frozenset({2})) == {2, 9}
+    assert stop_token_ids(plain, Tok(), fim, frozenset({2})) == {2}

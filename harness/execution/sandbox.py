@@ -181,11 +181,12 @@ def _sandbox_init_pid(status_fd: int) -> int | None:
     return None
 
 
-def run_program(language: Language, source: str, limits: Limits | None = None) -> Verdict:
-    """Build (if the language compiles) and run ``source`` in a throwaway directory."""
+def run_program(language: Language, source: str, limits: Limits | None = None, isolation: str | None = None) -> Verdict:
+    """Build (if the language compiles) and run ``source`` in a throwaway directory. ``isolation``
+    forces a weaker level than the best available (tests of the fallbacks)."""
     limits = limits or Limits()
     missing = language.missing()
-    isolation = isolation_level()
+    isolation = isolation or isolation_level()
     if missing:
         return Verdict("unavailable", None, 0.0, "", isolation, f"{missing} not found: {language.install_hint}")
     start = time.perf_counter()
