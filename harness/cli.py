@@ -55,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only one JSON object")
     p.set_defaults(func=_cmd_decode)
 
+    p = sub.add_parser("run", help="the main job: tasks x decoders x k x sampling -> results.jsonl, summary")
+    _add_model_args(p)
+    p.add_argument("--tasks", required=True, help="comma-separated task names (see `sdsat-bench tasks`)")
+    p.add_argument("--decoders", default="ar,sdsat")
+    p.add_argument("--k", default="0,1,3,5,7", help="comma-separated draft lengths for sdsat")
+    p.add_argument("--temperature", default="0", help="comma-separated temperatures (0 = greedy)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--accept", default="exact", help="comma-separated acceptance rules for sampling")
+    p.add_argument("--n-samples", type=int, default=1, help="samples per problem at temperature > 0")
+    p.add_argument("--limit", type=int, default=None, help="first N problems of each task")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished units")
+    p.add_argument("--allow-code-execution", action="store_true", help="execute completions (in the sandbox)")
+    p.set_defaults(func=_cmd_run)
+
     p = sub.add_parser("tasks", help="list the registered tasks: name, language, size, data source")
     p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
     p.set_defaults(func=_cmd_tasks)
@@ -135,6 +154,40 @@ def _cmd_train(args) -> int:
         eval_prompts=args.eval_prompts, distill=args.targets == "distill", compare_minutes=args.compare_minutes,
     )  # fmt: skip
     run(cfg, tuple(args.stages.split(",")))
+    return 0
+
+
+def _ints(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise HarnessError(f"{flag}: expected comma-separated integers, got '{text}'") from None
+
+
+def _cmd_run(args) -> int:
+    from harness.decoding import DECODERS
+    from harness.metrics import write_summary
+    from harness.runner import RunConfig, run
+
+    decoders = tuple(args.decoders.split(","))
+    for d in decoders:
+        if d not in DECODERS:
+            raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join(DECODERS)})")
+    try:
+        temperatures = tuple(float(t) for t in args.temperature.split(","))
+    except ValueError:
+        raise HarnessError(f"--temperature: expected comma-separated numbers, got '{args.temperature}'") from None
+    cfg = RunConfig(
+        model=args.model, tasks=tuple(args.tasks.split(",")), decoders=decoders, ks=_ints(args.k, "--k"),
+        temperatures=temperatures, top_p=args.top_p, top_k=args.top_k, accepts=tuple(args.accept.split(",")),
+        n_samples=args.n_samples, limit=args.limit, max_new_tokens=args.max_new_tokens, device=args.device,
+        dtype=args.dtype, seed=args.seed, data_dir=args.data_dir, adaptive_tokens=args.adaptive_tokens,
+        allow_code_execution=args.allow_code_execution,
+    )  # fmt: skip
+    results = run(cfg, args.out, resume=args.resume)
+    table = write_summary(args.out)
+    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(f"results: {results}\nsummary: {Path(args.out) / 'summary.md'}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,3 +16,72 @@ def pass_at_k(n: int | Sequence[int], c: int | Sequence[int], k: int) -> np.ndar
     if np.any(n_arr < k):
         raise ValueError(f"pass@{k} needs at least {k} samples per problem")
     return estimate_pass_at_k(n_arr, c_arr, k)
+
+
+GROUP = ["task", "decoder", "k", "temperature", "top_p", "accept"]
+
+
+def summarize(records: list[dict]):
+    """One row per task x decoder x k x sampling settings, computed from records alone."""
+    import pandas as pd
+
+    df = pd.DataFrame(records)
+    ar = df[(df.decoder == "ar")].groupby(["task", "problem_id", "temperature"])["tokens_per_s"].mean()
+    rows = []
+    for key, g in df.groupby(GROUP, dropna=False, sort=True):
+        row = dict(zip(GROUP, key, strict=True))
+        row["generations"] = len(g)
+        row["problems"] = g.problem_id.nunique()
+        if g.passed.notna().any():
+            per_problem = g.groupby("problem_id").passed.agg(["count", "sum"])
+            for k in (1, 10):
+                if (per_problem["count"] >= k).all():
+                    row[f"pass@{k}"] = float(
+                        pass_at_k(per_problem["count"].values, per_problem["sum"].values, k).mean()
+                    )
+        drafted = g.drafted.sum()
+        row["accept_rate_mean"] = g.accept_rate.dropna().mean() if g.accept_rate.notna().any() else None
+        row["accept_rate_pooled"] = g.accepted.sum() / drafted if drafted else None
+        row["mean_accepted_per_loop"] = g.accepted.sum() / g.loops.sum() if g.loops.sum() else None
+        row["tokens_per_forward"] = g.new_tokens.sum() / g.forward_passes.sum() if g.forward_passes.sum() else None
+        row["tokens_per_s"] = g.new_tokens.sum() / g.decode_s.sum() if g.decode_s.sum() > 0 else None
+        ratios = []
+        for r in g.itertuples():
+            base = ar.get((r.task, r.problem_id, r.temperature))
+            if base and r.tokens_per_s:
+                ratios.append(r.tokens_per_s / base)
+        row.update(paired_speedup(ratios))
+        identical = g.identical_to_ar.dropna()
+        row["identical_to_ar"] = float(identical.mean()) if len(identical) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_speedup(ratios: list[float]) -> dict:
+    """Geometric mean of per-problem speed ratios with a 95% interval (t on the log ratios)."""
+    if not ratios:
+        return {"speedup": None, "speedup_lo": None, "speedup_hi": None}
+    logs = np.log(np.asarray(ratios, dtype=float))
+    mean = logs.mean()
+    if len(logs) < 2:
+        return {"speedup": float(np.exp(mean)), "speedup_lo": None, "speedup_hi": None}
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    return {"speedup": float(np.exp(mean)), "speedup_lo": float(np.exp(mean - half)),
+            "speedup_hi": float(np.exp(mean + half))}  # fmt: skip
+
+
+def write_summary(out_dir):
+    """summary.csv, summary.md (tabulate) and summary.parquet (if pyarrow is present) from results.jsonl."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    table = summarize(records)
+    table.to_csv(out / "summary.csv", index=False)
+    (out / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    with contextlib.suppress(ImportError):  # parquet only where pyarrow is installed
+        table.to_parquet(out / "summary.parquet", index=False)
+    return table

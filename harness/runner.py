@@ -1,0 +1,227 @@
+"""The main job: work units (task x problem x decoder x k x sampling x sample) run one by one, each
+result appended and flushed to ``results.jsonl`` as it finishes; ``--resume`` skips what is there."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+DECODERS_WITH_K = ("sdsat",)  # the others take no draft length (hf-pld: its default lookup length)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str
+    tasks: tuple[str, ...]
+    decoders: tuple[str, ...] = ("ar", "sdsat")
+    ks: tuple[int, ...] = (0, 1, 3, 5, 7)
+    temperatures: tuple[float, ...] = (0.0,)
+    top_p: float = 0.95
+    top_k: int = 0
+    accepts: tuple[str, ...] = ("exact",)
+    n_samples: int = 1
+    limit: int | None = None
+    max_new_tokens: int = 256
+    device: str = "cpu"
+    dtype: str = "fp32"
+    seed: int = 0
+    data_dir: str | None = None
+    adaptive_tokens: str | None = None
+    fim_order: str = "psm"
+    allow_code_execution: bool = False
+
+    def identity(self) -> dict:
+        """What makes two runs' records comparable: everything but where the data lives and execution."""
+        d = asdict(self)
+        for key in ("data_dir", "allow_code_execution"):
+            d.pop(key)
+        return json.loads(json.dumps(d))
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    task: str
+    problem_id: str
+    decoder: str
+    k: int
+    temperature: float
+    accept: str
+    sample_idx: int
+
+    @property
+    def key(self) -> tuple:
+        return (self.task, self.problem_id, self.decoder, self.k, self.temperature, self.accept, self.sample_idx)
+
+
+def record_key(record: dict) -> tuple:
+    return tuple(record[f] for f in ("task", "problem_id", "decoder", "k", "temperature", "accept", "sample_idx"))
+
+
+def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
+    """AR (k=0) comes first for each problem so that later records can say whether they equal it."""
+    units = []
+    for task, probs in problems.items():
+        for p in probs:
+            for temp in cfg.temperatures:
+                samples = cfg.n_samples if temp > 0 else 1
+                for decoder in sorted(cfg.decoders, key=lambda d: d != "ar"):
+                    ks = cfg.ks if decoder in DECODERS_WITH_K else (0,)
+                    accepts = cfg.accepts if decoder == "sdsat" and temp > 0 else ("-",)
+                    for k in ks:
+                        for accept in accepts:
+                            for s in range(samples):
+                                units.append(WorkUnit(task, p.problem_id, decoder, k, temp, accept, s))
+    return units
+
+
+def model_hash(path: str) -> str | None:
+    """sha256 over the weight files of a local checkpoint (None for a hub id)."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin")):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def machine() -> dict:
+    import torch
+    import transformers
+
+    info = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads()}  # fmt: skip
+    if torch.cuda.is_available():
+        info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> set[tuple]:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(f"output directory '{out}' is not writable ({exc.strerror})") from None
+    results, run_json = out / "results.jsonl", out / "run.json"
+    if not resume:
+        if results.exists() and results.stat().st_size > 0:
+            raise HarnessError(f"{results} already has results: pass --resume to continue it, or choose another --out")
+        return set()
+    if not run_json.exists():
+        return set()
+    previous = json.loads(run_json.read_text()).get("config", {})
+    if previous != cfg.identity():
+        diff = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
+        raise HarnessError(f"--resume: {results} comes from another configuration (differs in {', '.join(diff)})")
+    lines = results.read_text().splitlines() if results.exists() else []
+    kept = []
+    for n, line in enumerate(lines, start=1):
+        if _is_record(line):
+            kept.append(line)
+        elif n != len(lines):
+            raise HarnessError(f"{results}:{n}: malformed record")
+        # else: the last record was cut by a kill mid-write: dropped, and its unit runs again
+    results.write_text("".join(line + "\n" for line in kept))
+    return {record_key(json.loads(line)) for line in kept}
+
+
+def _is_record(line: str) -> bool:
+    try:
+        record_key(json.loads(line))
+        return True
+    except (json.JSONDecodeError, KeyError):
+        return False
+
+
+@dataclass
+class _State:
+    ar_completions: dict = field(default_factory=dict)
+
+
+def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = True) -> Path:
+    from tqdm import tqdm
+
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.models import encode_prompt, load_model, resolve_model_path
+    from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
+
+    out = Path(out_dir)
+    for task in cfg.tasks:
+        get_task(task)  # unknown task: one-line error before anything is written
+    done = _prepare_out(out, cfg, resume)
+    lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.adaptive_tokens)
+    if any(d == "sdsat" for d in cfg.decoders):
+        for k in cfg.ks:
+            if k > 0:
+                lm.require_adaptive(k)
+    problems = {t: load_problems(t, cfg.data_dir, cfg.limit) for t in cfg.tasks}
+    by_id = {(t, p.problem_id): p for t, ps in problems.items() for p in ps}
+    units = plan(cfg, problems)
+    path = resolve_model_path(cfg.model)
+    (out / "run.json").write_text(json.dumps({
+        "config": cfg.identity(), "data_dir": cfg.data_dir, "allow_code_execution": cfg.allow_code_execution,
+        "model_path": path, "model_sha256": model_hash(path), "machine": machine(), "units": len(units),
+    }, indent=1))  # fmt: skip
+    state = _State()
+    results = out / "results.jsonl"
+    if results.exists():
+        for line in results.read_text().splitlines():
+            r = json.loads(line)
+            if r["decoder"] == "ar" and r["temperature"] == 0:
+                state.ar_completions[(r["task"], r["problem_id"])] = r["completion"]
+    todo = [u for u in units if u.key not in done]
+    decoders: dict = {}
+    judge = None
+    if cfg.allow_code_execution or all(get_task(t).scoring == "exact-match" for t in cfg.tasks):
+        from harness.scoring import judge
+    with open(results, "a") as f, tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
+                                        desc="sdsat-bench run", unit="gen", file=sys.stderr) as bar:  # fmt: skip
+        for unit in todo:
+            problem = by_id[(unit.task, unit.problem_id)]
+            task = get_task(unit.task)
+            dkey = (unit.decoder, unit.k, unit.accept)
+            if dkey not in decoders:
+                accept = "exact" if unit.accept == "-" else unit.accept
+                decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept)
+            prompt = build_prompt(problem, lm.fim, cfg.fim_order)
+            # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
+            ids = encode_prompt(lm.tokenizer, prompt.rstrip() if problem.suffix is None else prompt)
+            stop = StopCondition(cfg.max_new_tokens, problem.stop,
+                                 stop_token_ids(problem, lm.tokenizer, lm.fim, lm.eos_token_ids))  # fmt: skip
+            seed = int(hashlib.sha256(repr((cfg.seed, *unit.key)).encode()).hexdigest()[:8], 16)
+            sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0,
+                                      cfg.top_k, seed)  # fmt: skip
+            gen = decoders[dkey].generate(ids, stop, sampling)
+            completion = gen.text
+            verdict = None
+            if task.scoring == "exact-match" or (judge and cfg.allow_code_execution):
+                verdict = judge(problem, completion)
+            if unit.decoder == "ar" and unit.temperature == 0:
+                state.ar_completions[(unit.task, unit.problem_id)] = completion
+            ar = state.ar_completions.get((unit.task, unit.problem_id))
+            st = gen.stats
+            record = {
+                **asdict(unit), "top_p": sampling.top_p, "completion": completion,
+                "passed": None if verdict is None else verdict.status == "passed",
+                "status": None if verdict is None else verdict.status,
+                "new_tokens": st.new_tokens, "forward_passes": st.forward_passes, "loops": len(st.loops),
+                "drafted": st.drafted, "accepted": st.accepted, "accept_rate": st.accept_rate,
+                "mean_accepted_length": st.mean_accepted_length, "prefill_s": st.prefill_s, "decode_s": st.decode_s,
+                "tokens_per_s": st.tokens_per_s, "stop_reason": gen.stop_reason,
+                "identical_to_ar": (completion == ar) if unit.temperature == 0 and ar is not None else None,
+            }  # fmt: skip
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            bar.update(1)
+    return results

@@ -1,0 +1,125 @@
+"""The main job: streaming records, resume after a kill, bad input, summaries from records alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.cli import main
+from harness.metrics import paired_speedup, summarize
+
+RUN = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "1,2", "--limit", "3", "--max-new-tokens", "6"]
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _keys(records):
+    return [(r["task"], r["problem_id"], r["decoder"], r["k"], r["temperature"], r["accept"], r["sample_idx"])
+            for r in records]  # fmt: skip
+
+
+def test_run_writes_records_and_summary(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]) == 0
+    records = _records(out)
+    assert len(records) == 9 and len(set(_keys(records))) == 9  # 3 problems x (ar + sdsat k=1,2)
+    assert all(r["identical_to_ar"] for r in records)  # greedy SDSAT is lossless
+    assert all(r["passed"] is None for r in records)  # no execution without the opt-in
+    run_json = json.loads((out / "run.json").read_text())
+    assert run_json["model_sha256"] and run_json["machine"]["torch"] and run_json["units"] == 9
+    assert (out / "summary.csv").exists() and (out / "summary.md").exists()
+
+
+def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "run",
+        "--model",
+        str(tiny_checkpoint),
+        "--tasks",
+        "humaneval",
+        "--decoders",
+        "ar,sdsat",
+        "--k",
+        "1,2,3",
+        "--limit",
+        "8",
+        "--max-new-tokens",
+        "24",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 5):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [line for line in results.read_text().splitlines() if line.strip()]
+    assert 5 <= len(before) < 32
+    assert subprocess.run([*cmd, "--resume"], capture_output=True, timeout=600).returncode == 0
+    after = _records(out)
+    assert len(after) == 32 and len(set(_keys(after))) == 32
+    complete_before = [json.loads(line) for line in before if line.endswith("}")]
+    assert after[: len(complete_before)] == complete_before  # earlier records kept as written
+
+
+def test_resume_with_another_config_is_refused(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]) == 0
+    capsys.readouterr()
+    changed = [a if a != "1,2" else "1,3" for a in RUN]
+    assert main(["run", "--model", str(tiny_checkpoint), *changed, "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "another configuration" in err and "ks" in err
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]) == 2  # no silent overwrite
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--tasks", "nope"], "unknown task 'nope'"),
+    (["--k", "9"], "beyond the model's 4 adaptive tokens"),
+    (["--decoders", "ar,beam"], "unknown decoder 'beam'"),
+])  # fmt: skip
+def test_bad_run_input_is_one_line(capsys, tmp_path, tiny_checkpoint, args, message):
+    base = {"--tasks": "humaneval", "--k": "1", "--decoders": "ar,sdsat"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    argv = ["run", "--model", str(tiny_checkpoint), "--out", str(tmp_path / "o"), "--limit", "1"]
+    for flag, value in base.items():
+        argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_unwritable_out_dir_is_one_line(capsys, tmp_path, tiny_checkpoint):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(blocker / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_paired_speedup_and_pass_at_k_from_records():
+    s = paired_speedup([2.0, 2.0, 2.0])
+    assert s["speedup"] == pytest.approx(2.0) and s["speedup_lo"] == pytest.approx(2.0)
+    s = paired_speedup([1.0, 4.0])
+    assert s["speedup"] == pytest.approx(2.0) and s["speedup_lo"] < 2.0 < s["speedup_hi"]
+    base = {"task": "t", "k": 0, "temperature": 0.8, "top_p": 0.95, "accept": "-", "drafted": 0, "accepted": 0,
+            "loops": 4, "new_tokens": 4, "forward_passes": 4, "decode_s": 1.0, "accept_rate": None,
+            "identical_to_ar": None}  # fmt: skip
+    records = [{**base, "decoder": "ar", "problem_id": p, "sample_idx": i, "passed": ok, "tokens_per_s": 4.0}
+               for p, oks in (("a", [1, 0]), ("b", [0, 0])) for i, ok in enumerate(oks)]  # fmt: skip
+    row = summarize(records).iloc[0]
+    assert row["pass@1"] == pytest.approx(0.25) and row["speedup"] == pytest.approx(1.0)
