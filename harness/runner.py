@@ -154,6 +154,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
 
     from harness.decoding import SamplingParams, StopCondition, make_decoder
     from harness.models import encode_prompt, load_model, resolve_model_path
+    from harness.scoring import judge
     from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
 
     out = Path(out_dir)
@@ -182,9 +183,6 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
                 state.ar_completions[(r["task"], r["problem_id"])] = r["completion"]
     todo = [u for u in units if u.key not in done]
     decoders: dict = {}
-    judge = None
-    if cfg.allow_code_execution or all(get_task(t).scoring == "exact-match" for t in cfg.tasks):
-        from harness.scoring import judge
     with open(results, "a") as f, tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
                                         desc="sdsat-bench run", unit="gen", file=sys.stderr) as bar:  # fmt: skip
         for unit in todo:
@@ -205,7 +203,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             gen = decoders[dkey].generate(ids, stop, sampling)
             completion = gen.text
             verdict = None
-            if task.scoring == "exact-match" or (judge and cfg.allow_code_execution):
+            if task.scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
                 verdict = judge(problem, completion)
             if unit.decoder == "ar" and unit.temperature == 0:
                 state.ar_completions[(unit.task, unit.problem_id)] = completion

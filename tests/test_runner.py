@@ -123,3 +123,17 @@ def test_paired_speedup_and_pass_at_k_from_records():
                for p, oks in (("a", [1, 0]), ("b", [0, 0])) for i, ok in enumerate(oks)]  # fmt: skip
     row = summarize(records).iloc[0]
     assert row["pass@1"] == pytest.approx(0.25) and row["speedup"] == pytest.approx(1.0)
+
+
+def test_exact_match_tasks_are_scored_without_execution(capsys, tmp_path, tiny_checkpoint):
+    from tests.test_tasks import REPO
+
+    data = os.environ.get("SDSAT_DATA_DIR") or str(REPO.parent / "shared" / "data")
+    if not os.path.isdir(data):
+        pytest.skip("no evaluation data directory")
+    out = tmp_path / "run"
+    argv = ["run", "--model", str(tiny_checkpoint), "--tasks", "humaneval,santacoder-fim-py", "--decoders", "ar",
+            "--limit", "2", "--max-new-tokens", "4", "--data-dir", data, "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    records = _records(out)
+    assert [r["passed"] is None for r in records] == [True, True, False, False]
