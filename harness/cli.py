@@ -10,6 +10,9 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+RUN_DEFAULTS = {"decoders": "ar,sdsat", "k": "0,1,3,5,7", "temperature": "0", "top_p": 0.95, "accept": "exact",
+                "n_samples": 1, "limit": None, "max_new_tokens": 256}  # fmt: skip
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
@@ -57,16 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="the main job: tasks x decoders x k x sampling -> results.jsonl, summary")
     _add_model_args(p)
-    p.add_argument("--tasks", required=True, help="comma-separated task names (see `sdsat-bench tasks`)")
-    p.add_argument("--decoders", default="ar,sdsat")
-    p.add_argument("--k", default="0,1,3,5,7", help="comma-separated draft lengths for sdsat")
-    p.add_argument("--temperature", default="0", help="comma-separated temperatures (0 = greedy)")
-    p.add_argument("--top-p", type=float, default=0.95)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--tasks", help="comma-separated task names (see `sdsat-bench tasks`)")
+    which.add_argument("--suite", help="a suite from tasks/suites (smoke, paper-greedy, paper-nucleus)")
+    # Settings default to the suite's, then to RUN_DEFAULTS; flags given here override both.
+    p.add_argument("--decoders", help=f"default {RUN_DEFAULTS['decoders']}")
+    p.add_argument("--k", help=f"comma-separated draft lengths for sdsat (default {RUN_DEFAULTS['k']})")
+    p.add_argument("--temperature", help="comma-separated temperatures, 0 = greedy (default 0)")
+    p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--accept", default="exact", help="comma-separated acceptance rules for sampling")
-    p.add_argument("--n-samples", type=int, default=1, help="samples per problem at temperature > 0")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of each task")
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--accept", help="comma-separated acceptance rules for sampling (default exact)")
+    p.add_argument("--n-samples", type=int, help="samples per problem at temperature > 0 (default 1)")
+    p.add_argument("--limit", type=int, help="first N problems of each task")
+    p.add_argument("--max-new-tokens", type=int, help=f"default {RUN_DEFAULTS['max_new_tokens']}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
     p.add_argument("--out", required=True)
@@ -164,23 +170,39 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise HarnessError(f"{flag}: expected comma-separated integers, got '{text}'") from None
 
 
+def _run_settings(args) -> dict:
+    """Flag if given, else the suite's value, else RUN_DEFAULTS (lists as comma-separated text)."""
+    from harness.tasks import get_suite, resolve_data_dir
+
+    suite = get_suite(args.suite, with_data=resolve_data_dir(args.data_dir) is not None) if args.suite else {}
+    names = {"k": "k", "temperature": "temperature"}
+    settings = {"tasks": args.tasks or ",".join(suite["tasks"])}
+    for key, default in RUN_DEFAULTS.items():
+        value = getattr(args, key)
+        if value is None:
+            value = suite.get(names.get(key, key), default)
+        settings[key] = ",".join(map(str, value)) if isinstance(value, list) else value
+    return settings
+
+
 def _cmd_run(args) -> int:
     from harness.decoding import DECODERS
     from harness.metrics import write_summary
     from harness.runner import RunConfig, run
 
-    decoders = tuple(args.decoders.split(","))
+    opts = _run_settings(args)
+    decoders = tuple(opts["decoders"].split(","))
     for d in decoders:
         if d not in DECODERS:
             raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join(DECODERS)})")
     try:
-        temperatures = tuple(float(t) for t in args.temperature.split(","))
+        temperatures = tuple(float(t) for t in str(opts["temperature"]).split(","))
     except ValueError:
-        raise HarnessError(f"--temperature: expected comma-separated numbers, got '{args.temperature}'") from None
+        raise HarnessError(f"--temperature: expected comma-separated numbers, got '{opts['temperature']}'") from None
     cfg = RunConfig(
-        model=args.model, tasks=tuple(args.tasks.split(",")), decoders=decoders, ks=_ints(args.k, "--k"),
-        temperatures=temperatures, top_p=args.top_p, top_k=args.top_k, accepts=tuple(args.accept.split(",")),
-        n_samples=args.n_samples, limit=args.limit, max_new_tokens=args.max_new_tokens, device=args.device,
+        model=args.model, tasks=tuple(opts["tasks"].split(",")), decoders=decoders, ks=_ints(str(opts["k"]), "--k"),
+        temperatures=temperatures, top_p=opts["top_p"], top_k=args.top_k, accepts=tuple(opts["accept"].split(",")),
+        n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"], device=args.device,
         dtype=args.dtype, seed=args.seed, data_dir=args.data_dir, adaptive_tokens=args.adaptive_tokens,
         allow_code_execution=args.allow_code_execution,
     )  # fmt: skip

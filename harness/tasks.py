@@ -248,3 +248,23 @@ def wrong_completion(language: str) -> str:
         "rs": '    panic!("deliberately wrong");\n',
         "go": '    panic("deliberately wrong")\n}\n',
     }[language]
+
+
+@cache
+def suites() -> dict[str, dict]:
+    """Suite configs (tasks/suites/*.yaml): tasks plus default run settings."""
+    out = {}
+    for entry in sorted(resources.files("harness.task_configs.suites").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".yaml"):
+            raw = yaml.safe_load(entry.read_text())
+            out[raw["name"]] = raw
+    return out
+
+
+def get_suite(name: str, with_data: bool) -> dict:
+    """A suite's settings; its ``data_tasks`` join ``tasks`` only where a data directory is given."""
+    if name not in suites():
+        raise HarnessError(f"unknown suite '{name}' (choose from {', '.join(suites())})")
+    suite = dict(suites()[name])
+    suite["tasks"] = list(suite["tasks"]) + (list(suite.get("data_tasks", [])) if with_data else [])
+    return suite

@@ -137,3 +137,20 @@ def test_exact_match_tasks_are_scored_without_execution(capsys, tmp_path, tiny_c
     assert main(argv) == 0
     records = _records(out)
     assert [r["passed"] is None for r in records] == [True, True, False, False]
+
+
+def test_suite_settings_and_flag_overrides(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "smoke"
+    # smoke suite without a data dir: HumanEval only; its k = 3,5,7 is overridden here (the model has 4)
+    argv = ["run", "--model", str(tiny_checkpoint), "--suite", "smoke", "--k", "2", "--limit", "2",
+            "--max-new-tokens", "4", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    records = _records(out)
+    assert {r["task"] for r in records} == {"humaneval"} and {(r["decoder"], r["k"]) for r in records} == {
+        ("ar", 0),
+        ("sdsat", 2),
+    }
+    assert json.loads((out / "run.json").read_text())["config"]["max_new_tokens"] == 4
+    capsys.readouterr()
+    assert main(["run", "--model", str(tiny_checkpoint), "--suite", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err

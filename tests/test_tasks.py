@@ -57,7 +57,13 @@ def test_wheel_ships_the_task_configs(tmp_path):
                     str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
     wheel = next(tmp_path.glob("sdsat_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert sum(n.startswith("harness/task_configs/") and n.endswith(".yaml") for n in names) == len(EXPECTED_SIZES)
+    configs = [n for n in names if n.startswith("harness/task_configs/") and n.endswith(".yaml")]
+    assert sum("/suites/" not in n for n in configs) == len(EXPECTED_SIZES)
+    assert {n.rsplit("/", 1)[1] for n in configs if "/suites/" in n} == {
+        "smoke.yaml",
+        "paper-greedy.yaml",
+        "paper-nucleus.yaml",
+    }
 
 
 def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
