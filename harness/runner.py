@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -57,11 +57,15 @@ class WorkUnit:
 
     @property
     def key(self) -> tuple:
-        return (self.task, self.problem_id, self.decoder, self.k, self.temperature, self.accept, self.sample_idx)
+        return record_key(asdict(self))
+
+
+UNIT_FIELDS = tuple(f.name for f in fields(WorkUnit))
 
 
 def record_key(record: dict) -> tuple:
-    return tuple(record[f] for f in ("task", "problem_id", "decoder", "k", "temperature", "accept", "sample_idx"))
+    """A record's work unit: what --resume matches on."""
+    return tuple(record[name] for name in UNIT_FIELDS)
 
 
 def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
@@ -105,7 +109,9 @@ def machine() -> dict:
     return info
 
 
-def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> set[tuple]:
+def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
+    """Check the output directory; with --resume, the records already there (a record cut by a kill
+    mid-write is dropped from the file, so its unit runs again)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -117,36 +123,33 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> set[tuple]:
     if not resume:
         if results.exists() and results.stat().st_size > 0:
             raise HarnessError(f"{results} already has results: pass --resume to continue it, or choose another --out")
-        return set()
+        return []
     if not run_json.exists():
-        return set()
+        return []
     previous = json.loads(run_json.read_text()).get("config", {})
     if previous != cfg.identity():
         diff = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
         raise HarnessError(f"--resume: {results} comes from another configuration (differs in {', '.join(diff)})")
     lines = results.read_text().splitlines() if results.exists() else []
-    kept = []
+    kept: list[dict] = []
     for n, line in enumerate(lines, start=1):
-        if _is_record(line):
-            kept.append(line)
+        record = _parse_record(line)
+        if record is not None:
+            kept.append(record)
         elif n != len(lines):
             raise HarnessError(f"{results}:{n}: malformed record")
-        # else: the last record was cut by a kill mid-write: dropped, and its unit runs again
-    results.write_text("".join(line + "\n" for line in kept))
-    return {record_key(json.loads(line)) for line in kept}
+    if len(kept) != len(lines):
+        results.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
-def _is_record(line: str) -> bool:
+def _parse_record(line: str) -> dict | None:
     try:
-        record_key(json.loads(line))
-        return True
-    except (json.JSONDecodeError, KeyError):
-        return False
-
-
-@dataclass
-class _State:
-    ar_completions: dict = field(default_factory=dict)
+        record = json.loads(line)
+        record_key(record)
+        return record
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = True) -> Path:
@@ -160,7 +163,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     out = Path(out_dir)
     for task in cfg.tasks:
         get_task(task)  # unknown task: one-line error before anything is written
-    done = _prepare_out(out, cfg, resume)
+    previous = _prepare_out(out, cfg, resume)
     lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.adaptive_tokens)
     if any(d == "sdsat" for d in cfg.decoders):
         for k in cfg.ks:
@@ -174,13 +177,10 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
         "config": cfg.identity(), "data_dir": cfg.data_dir, "allow_code_execution": cfg.allow_code_execution,
         "model_path": path, "model_sha256": model_hash(path), "machine": machine(), "units": len(units),
     }, indent=1))  # fmt: skip
-    state = _State()
     results = out / "results.jsonl"
-    if results.exists():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            if r["decoder"] == "ar" and r["temperature"] == 0:
-                state.ar_completions[(r["task"], r["problem_id"])] = r["completion"]
+    done = {record_key(r) for r in previous}
+    ar_completions = {(r["task"], r["problem_id"]): r["completion"] for r in previous
+                      if r["decoder"] == "ar" and r["temperature"] == 0}  # fmt: skip
     todo = [u for u in units if u.key not in done]
     decoders: dict = {}
     with open(results, "a") as f, tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
@@ -206,8 +206,8 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             if task.scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
                 verdict = judge(problem, completion)
             if unit.decoder == "ar" and unit.temperature == 0:
-                state.ar_completions[(unit.task, unit.problem_id)] = completion
-            ar = state.ar_completions.get((unit.task, unit.problem_id))
+                ar_completions[(unit.task, unit.problem_id)] = completion
+            ar = ar_completions.get((unit.task, unit.problem_id))
             st = gen.stats
             record = {
                 **asdict(unit), "top_p": sampling.top_p, "completion": completion,
