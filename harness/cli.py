@@ -11,7 +11,7 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 RUN_DEFAULTS = {"decoders": "ar,sdsat", "k": "0,1,3,5,7", "temperature": "0", "top_p": 0.95, "accept": "exact",
-                "n_samples": 1, "limit": None, "max_new_tokens": 256}  # fmt: skip
+                "n_samples": 1, "limit": None, "max_new_tokens": 256, "draft_model": None}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +29,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="ID[,ID...]",
         help="adaptive token id per offset, e.g. 32011,32011,32011 or 32011*5 (overrides the checkpoint)",
     )
+    p.add_argument("--draft-model", default=None, help="draft model of the hf-assisted decoder (e.g. default-draft)")
 
 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="generate from one prompt and print the completion and its statistics")
     _add_model_args(p)
     _add_decoding_args(p)
-    p.add_argument("--decoder", default="sdsat", help="ar | sdsat | hf | hf-pld")
+    p.add_argument("--decoder", default="sdsat", help="ar | sdsat | hf | hf-pld | hf-assisted")
     p.add_argument("--prompt", required=True)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument(
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeated-adaptive", action="store_true", help="one adaptive id for every offset")
     p.add_argument("--pretrain-minutes", type=float, default=4.5)
     p.add_argument("--sdsat-minutes", type=float, default=2.0)
+    p.add_argument("--draft-minutes", type=float, default=1.5, help="stage 'draft': pretraining of the draft model")
     p.add_argument("--sdsat-lr", type=float, default=5e-4)
     p.add_argument("--adaptive-weight", type=float, default=1.0)
     p.add_argument("--eval-prompts", type=int, default=40)
@@ -156,7 +158,8 @@ def _cmd_train(args) -> int:
         humaneval_path=humaneval, vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers,
         heads=args.heads, intermediate=args.intermediate, seq_len=args.seq_len, batch_size=args.batch_size,
         max_k=args.max_k, repeated_adaptive=args.repeated_adaptive, pretrain_minutes=args.pretrain_minutes,
-        sdsat_minutes=args.sdsat_minutes, sdsat_lr=args.sdsat_lr, adaptive_weight=args.adaptive_weight,
+        sdsat_minutes=args.sdsat_minutes, draft_minutes=args.draft_minutes, sdsat_lr=args.sdsat_lr,
+        adaptive_weight=args.adaptive_weight,
         eval_prompts=args.eval_prompts, distill=args.targets == "distill", compare_minutes=args.compare_minutes,
     )  # fmt: skip
     run(cfg, tuple(args.stages.split(",")))
@@ -204,7 +207,7 @@ def _cmd_run(args) -> int:
         temperatures=temperatures, top_p=opts["top_p"], top_k=args.top_k, accepts=tuple(opts["accept"].split(",")),
         n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"], device=args.device,
         dtype=args.dtype, seed=args.seed, data_dir=args.data_dir, adaptive_tokens=args.adaptive_tokens,
-        allow_code_execution=args.allow_code_execution,
+        draft_model=opts["draft_model"], allow_code_execution=args.allow_code_execution,
     )  # fmt: skip
     results = run(cfg, args.out, resume=args.resume)
     table = write_summary(args.out)
@@ -273,7 +276,8 @@ def _cmd_decode(args) -> int:
     if not args.prompt:
         raise HarnessError("empty prompt: --prompt needs some text")
     lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens)
-    decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree)
+    draft = load_model(args.draft_model, args.device, args.dtype) if args.draft_model else None
+    decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft)
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
     stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)
     prompt_ids = encode_prompt(lm.tokenizer, args.prompt)

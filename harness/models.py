@@ -22,7 +22,11 @@ from harness.errors import HarnessError
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODELS_DIR = REPO_ROOT / "models"
 # Names that --model resolves inside models/ (the shipped checkpoints of the default recipe).
-DEFAULT_MODELS = {"default": "sdsat-tiny-code-sdsat", "default-base": "sdsat-tiny-code-base"}
+DEFAULT_MODELS = {
+    "default": "sdsat-tiny-code-sdsat",
+    "default-base": "sdsat-tiny-code-base",
+    "default-draft": "sdsat-tiny-code-draft",  # the hf-assisted peer's draft model
+}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 # CodeLlama's infilling tokens, then the names our recipe's tokenizer uses.
 KNOWN_FIM_TOKENS = (

@@ -34,6 +34,7 @@ class RunConfig:
     seed: int = 0
     data_dir: str | None = None
     adaptive_tokens: str | None = None
+    draft_model: str | None = None  # hf-assisted's draft model
     fim_order: str = "psm"
     allow_code_execution: bool = False
 
@@ -165,6 +166,9 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
         get_task(task)  # unknown task: one-line error before anything is written
     previous = _prepare_out(out, cfg, resume)
     lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.adaptive_tokens)
+    draft = load_model(cfg.draft_model, cfg.device, cfg.dtype) if cfg.draft_model else None
+    if "hf-assisted" in cfg.decoders and draft is None:
+        raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
     if any(d == "sdsat" for d in cfg.decoders):
         for k in cfg.ks:
             if k > 0:
@@ -191,7 +195,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             dkey = (unit.decoder, unit.k, unit.accept)
             if dkey not in decoders:
                 accept = "exact" if unit.accept == "-" else unit.accept
-                decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept)
+                decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft)
             prompt = build_prompt(problem, lm.fim, cfg.fim_order)
             # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
             ids = encode_prompt(lm.tokenizer, prompt.rstrip() if problem.suffix is None else prompt)

@@ -19,3 +19,9 @@ def test_default_model_greedy_sdsat_equals_ar():
 
 def test_default_base_has_no_adaptive_tokens():
     assert load_model("default-base").adaptive is None
+
+
+def test_default_draft_model_is_small_and_shares_the_tokenizer():
+    draft, target = load_model("default-draft"), load_model("default-base")
+    assert draft.tokenizer.get_vocab() == target.tokenizer.get_vocab()
+    assert sum(p.numel() for p in draft.model.parameters()) * 2 <= 8 * 2**20  # <= 8 MiB in bf16

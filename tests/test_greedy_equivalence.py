@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.decoding import SamplingParams, StopCondition, make_decoder
+from harness.errors import HarnessError
 from tests.tiny import make_lm, prompt_ids
 
 PROMPTS = ["def f(a):\n", "abc", "a", "(((hh)) ega: bad\n"]
@@ -54,4 +55,13 @@ def test_hf_greedy_matches_ar():
     ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
     hf = make_decoder("hf", lm).generate(ids, stop, GREEDY)
     pld = make_decoder("hf-pld", lm).generate(ids, stop, GREEDY)
-    assert hf.tokens == ar.tokens == pld.tokens
+    assisted = make_decoder("hf-assisted", lm, draft=make_lm(seed=6)).generate(ids, stop, GREEDY)
+    assert hf.tokens == ar.tokens == pld.tokens == assisted.tokens
+
+
+def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():
+    lm = make_lm(seed=5)
+    with pytest.raises(HarnessError, match="needs a draft model"):
+        make_decoder("hf-assisted", lm)
+    with pytest.raises(HarnessError, match="another vocabulary"):
+        make_decoder("hf-assisted", lm, draft=make_lm(seed=6, alphabet="xyz"))

@@ -9,11 +9,18 @@ from harness.decoding.sdsat import SdsatDecoder
 from harness.errors import HarnessError
 from harness.models import LoadedModel
 
-DECODERS = ("ar", "sdsat", "hf", "hf-pld")
+DECODERS = ("ar", "sdsat", "hf", "hf-pld", "hf-assisted")
 PLD_DEFAULT_TOKENS = 10
 
 
-def make_decoder(name: str, lm: LoadedModel, k: int = 0, accept: str = "exact", tree: str | None = None) -> Decoder:
+def make_decoder(
+    name: str,
+    lm: LoadedModel,
+    k: int = 0,
+    accept: str = "exact",
+    tree: str | None = None,
+    draft: LoadedModel | None = None,
+) -> Decoder:
     if name == "ar":
         return AutoregressiveDecoder(lm)
     if name == "sdsat":
@@ -22,6 +29,10 @@ def make_decoder(name: str, lm: LoadedModel, k: int = 0, accept: str = "exact", 
         return HfGenerateDecoder(lm, "hf")
     if name == "hf-pld":
         return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=k or PLD_DEFAULT_TOKENS)
+    if name == "hf-assisted":
+        if draft is None:
+            raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
+        return HfGenerateDecoder(lm, "hf-assisted", assistant=draft)
     raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(DECODERS)})")
 
 

@@ -1,8 +1,10 @@
-"""External reference decoders through transformers' ``model.generate``:
-``hf`` (plain generation) and ``hf-pld`` (prompt-lookup decoding, a training-free speculative peer).
+"""External reference decoders through transformers' ``model.generate``: ``hf`` (plain generation),
+``hf-pld`` (prompt-lookup decoding, a training-free speculative peer) and ``hf-assisted`` (classic
+speculative decoding with a separate draft model, transformers' assisted generation).
 
 Their internals are transformers', so the statistics that can be measured from outside are reported:
-forward passes are counted with a forward hook; prefill is not separable and is included in decode_s.
+forward passes of the target model are counted with a forward hook (the draft model's are not);
+prefill is not separable and is included in decode_s.
 """
 
 from __future__ import annotations
@@ -17,10 +19,19 @@ from harness.models import LoadedModel
 
 
 class HfGenerateDecoder:
-    def __init__(self, lm: LoadedModel, name: str = "hf", prompt_lookup_num_tokens: int | None = None):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        name: str = "hf",
+        prompt_lookup_num_tokens: int | None = None,
+        assistant: LoadedModel | None = None,
+    ):
+        if assistant is not None and len(assistant.tokenizer) != len(lm.tokenizer):
+            raise HarnessError(f"draft model '{assistant.name}' has another vocabulary than '{lm.name}'")
         self.lm = lm
         self.name = name
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
+        self.assistant = assistant
 
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
         if len(prompt_ids) == 0:
@@ -41,6 +52,8 @@ class HfGenerateDecoder:
             kwargs.update(stop_strings=list(stop.stop_strings), tokenizer=self.lm.tokenizer)
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
+        if self.assistant is not None:
+            kwargs["assistant_model"] = self.assistant.model
         calls = []
         hook = model.register_forward_hook(lambda *_: calls.append(1))
         try:

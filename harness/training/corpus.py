@@ -82,7 +82,7 @@ def _examine(item: tuple[str, str]) -> tuple[str, str, str | None, str, str]:
 
 
 def find_sources(roots: Iterable[str], max_bytes_per_lang: dict[str, int]) -> list[tuple[str, str]]:
-    """Source files under ``roots`` (sorted walk, deterministic), up to a byte budget per language."""
+    """Source files under ``roots`` (sorted walk, deterministic), up to a byte budget per language, in hash order."""
     budget = dict(max_bytes_per_lang)
     found: list[tuple[str, str]] = []
     for root in roots:
@@ -99,7 +99,9 @@ def find_sources(roots: Iterable[str], max_bytes_per_lang: dict[str, int]) -> li
                     continue
                 budget[lang] -= size
                 found.append((path, lang))
-    return found
+    # Interleave roots and languages (deterministically), so that any prefix of the corpus -- the
+    # tokenizer's training sample -- mixes them as the whole does.
+    return sorted(found, key=lambda item: hashlib.sha1(item[0].encode()).digest())
 
 
 def build_corpus(

@@ -22,7 +22,7 @@ from harness.training.train import TrainConfig, heldout_metrics, train
 
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
 HUMANEVAL_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
-STAGES = ("corpus", "tokenizer", "tokens", "pretrain", "sdsat", "evaluate")
+STAGES = ("corpus", "tokenizer", "tokens", "pretrain", "sdsat", "draft", "evaluate")
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
 VARIANTS = {"sdsat": {"mode": "sdsat"}, "sdsat-distill": {"mode": "sdsat", "distill": True}, "naive": {"mode": "naive"}}
 
@@ -45,6 +45,13 @@ class RecipeConfig:
     repeated_adaptive: bool = False
     pretrain_minutes: float = 4.5
     sdsat_minutes: float = 2.0
+    # A separate small draft model for classic speculative decoding (the ``hf-assisted`` peer):
+    # same tokenizer and data, at most 8 MiB in bf16.
+    draft_hidden: int = 192
+    draft_layers: int = 3
+    draft_heads: int = 3
+    draft_intermediate: int = 512
+    draft_minutes: float = 1.5
     pretrain_lr: float = 2e-3
     sdsat_lr: float = 5e-4
     adaptive_weight: float = 1.0
@@ -72,7 +79,7 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
     work = Path(cfg.work)
     work.mkdir(parents=True, exist_ok=True)
     corpus_dir, tok_dir = work / "corpus", work / "tokenizer"
-    base_dir, sdsat_dir = work / "base", work / "sdsat"
+    base_dir, sdsat_dir, draft_dir = work / "base", work / "sdsat", work / "draft"
     device = "cuda" if torch.cuda.is_available() else "cpu"
     timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
 
@@ -117,21 +124,22 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
 
     adaptive = adaptive_spec_for(tokenizer, cfg.max_k, repeated=cfg.repeated_adaptive) if tokenizer else None
 
+    def pretrain(out_dir: Path, name: str, shape: tuple[int, int, int, int], minutes: float) -> None:
+        hidden, layers, heads, intermediate = shape
+        config = llama_config(len(tokenizer), hidden, layers, heads, intermediate=intermediate, max_positions=2048,
+                              tokenizer=tokenizer)  # fmt: skip
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(config).to(device)
+        stream = np.load(work / "train.npy", mmap_mode="r")
+        tc = TrainConfig(mode="pretrain", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
+                         time_budget_s=minutes * 60, seed=cfg.seed)  # fmt: skip
+        model, summary = train(model, np.asarray(stream), tc, work / f"{name}_log.jsonl")
+        save_checkpoint(model, tokenizer, out_dir, None, torch.bfloat16, SHARD)
+        (work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+
     if "pretrain" in stages and not (base_dir / "config.json").exists():
-
-        def pretrain():
-            config = llama_config(len(tokenizer), cfg.hidden, cfg.layers, cfg.heads, intermediate=cfg.intermediate,
-                                  max_positions=2048, tokenizer=tokenizer)  # fmt: skip
-            torch.manual_seed(cfg.seed)
-            model = LlamaForCausalLM(config).to(device)
-            stream = np.load(work / "train.npy", mmap_mode="r")
-            tc = TrainConfig(mode="pretrain", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
-                             time_budget_s=cfg.pretrain_minutes * 60, seed=cfg.seed)  # fmt: skip
-            model, summary = train(model, np.asarray(stream), tc, work / "pretrain_log.jsonl")
-            save_checkpoint(model, tokenizer, base_dir, None, torch.bfloat16, SHARD)
-            (work / "pretrain_summary.json").write_text(json.dumps(summary, indent=1))
-
-        timed("pretrain", pretrain)
+        shape = (cfg.hidden, cfg.layers, cfg.heads, cfg.intermediate)
+        timed("pretrain", lambda: pretrain(base_dir, "pretrain", shape, cfg.pretrain_minutes))
 
     if "sdsat" in stages and not (sdsat_dir / "config.json").exists():
 
@@ -146,6 +154,10 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
             (work / "sdsat_summary.json").write_text(json.dumps(summary, indent=1))
 
         timed("sdsat", finetune)
+
+    if "draft" in stages and not (draft_dir / "config.json").exists():
+        shape = (cfg.draft_hidden, cfg.draft_layers, cfg.draft_heads, cfg.draft_intermediate)
+        timed("draft", lambda: pretrain(draft_dir, "draft", shape, cfg.draft_minutes))
 
     if "evaluate" in stages and (sdsat_dir / "config.json").exists():
         timed("evaluate", lambda: evaluate(cfg, work, device, log))
