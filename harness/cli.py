@@ -11,7 +11,8 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 RUN_DEFAULTS = {"decoders": "ar,sdsat", "k": "0,1,3,5,7", "temperature": "0", "top_p": 0.95, "accept": "exact",
-                "n_samples": 1, "limit": None, "max_new_tokens": 256, "draft_model": None}  # fmt: skip
+                "n_samples": 1, "limit": None, "max_new_tokens": 256, "draft_model": None,
+                "groups": "all"}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,8 +20,13 @@ class _Parser(argparse.ArgumentParser):
         raise HarnessError(f"{self.prog}: {message}")
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory, hub id, 'default' or 'default-base'")
+def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    p.add_argument(
+        "--model",
+        required=model_required,
+        help="checkpoint directory, hub id, 'default' or 'default-base'"
+        + ("" if model_required else " (default: the suite's models)"),
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default fp32)")
     p.add_argument(
@@ -39,6 +45,7 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--accept", default="exact", help="sampling acceptance rule: exact (default) | paper")
     p.add_argument("--tree", default=None, help="draft tree for sampling: default | chain | JSON list of paths")
+    p.add_argument("--groups", default=None, help="sdsat-fused group policy: all (default) | acceptance lengths 0,1,2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=256)
 
@@ -50,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="generate from one prompt and print the completion and its statistics")
     _add_model_args(p)
     _add_decoding_args(p)
-    p.add_argument("--decoder", default="sdsat", help="ar | sdsat | hf | hf-pld | hf-assisted")
+    p.add_argument("--decoder", default="sdsat", help="ar | sdsat | sdsat-fused | hf | hf-pld | hf-assisted")
     p.add_argument("--prompt", required=True)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument(
@@ -60,10 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_decode)
 
     p = sub.add_parser("run", help="the main job: tasks x decoders x k x sampling -> results.jsonl, summary")
-    _add_model_args(p)
+    _add_model_args(p, model_required=False)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--tasks", help="comma-separated task names (see `sdsat-bench tasks`)")
-    which.add_argument("--suite", help="a suite from tasks/suites (smoke, paper-greedy, paper-nucleus)")
+    which.add_argument("--suite", help="a suite from tasks/suites (smoke, paper-greedy, paper-nucleus, paper-accuracy)")
     # Settings default to the suite's, then to RUN_DEFAULTS; flags given here override both.
     p.add_argument("--decoders", help=f"default {RUN_DEFAULTS['decoders']}")
     p.add_argument("--k", help=f"comma-separated draft lengths for sdsat (default {RUN_DEFAULTS['k']})")
@@ -71,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--accept", help="comma-separated acceptance rules for sampling (default exact)")
+    p.add_argument("--groups", help="sdsat-fused group policy: all (default) | acceptance lengths, e.g. 0,1,2")
     p.add_argument("--n-samples", type=int, help="samples per problem at temperature > 0 (default 1)")
     p.add_argument("--limit", type=int, help="first N problems of each task")
     p.add_argument("--max-new-tokens", type=int, help=f"default {RUN_DEFAULTS['max_new_tokens']}")
@@ -80,6 +88,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished units")
     p.add_argument("--allow-code-execution", action="store_true", help="execute completions (in the sandbox)")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="re-render summary, figures and report.html from results; compare runs")
+    p.add_argument("runs", nargs="+", metavar="DIR", help="run directories; with several, deltas against the first")
+    p.add_argument("--out", default=None, help="output directory (default: the first run's directory)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("score", help="execute the completions of a run written without execution, then re-render")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--data-dir", default=None, help="evaluation data (default: the run's, then $SDSAT_DATA_DIR)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--allow-code-execution", action="store_true", help="required: scoring executes programs")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser("check", help="gate a run against a baseline: exit 1 when a metric regresses")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--baseline", required=True, help="baseline JSON (e.g. reports/baselines/smoke-cpu.json)")
+    p.add_argument("--update-baseline", action="store_true", help="write the run's metrics as the new baseline")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("tasks", help="list the registered tasks: name, language, size, data source")
     p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
@@ -190,8 +216,9 @@ def _run_settings(args) -> dict:
 
 def _cmd_run(args) -> int:
     from harness.decoding import DECODERS
-    from harness.metrics import write_summary
+    from harness.report import render
     from harness.runner import RunConfig, run
+    from harness.tasks import get_suite, resolve_data_dir
 
     opts = _run_settings(args)
     decoders = tuple(opts["decoders"].split(","))
@@ -202,18 +229,73 @@ def _cmd_run(args) -> int:
         temperatures = tuple(float(t) for t in str(opts["temperature"]).split(","))
     except ValueError:
         raise HarnessError(f"--temperature: expected comma-separated numbers, got '{opts['temperature']}'") from None
-    cfg = RunConfig(
-        model=args.model, tasks=tuple(opts["tasks"].split(",")), decoders=decoders, ks=_ints(str(opts["k"]), "--k"),
-        temperatures=temperatures, top_p=opts["top_p"], top_k=args.top_k, accepts=tuple(opts["accept"].split(",")),
-        n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"], device=args.device,
-        dtype=args.dtype, seed=args.seed, data_dir=args.data_dir, adaptive_tokens=args.adaptive_tokens,
-        draft_model=opts["draft_model"], allow_code_execution=args.allow_code_execution,
-    )  # fmt: skip
-    results = run(cfg, args.out, resume=args.resume)
-    table = write_summary(args.out)
-    print(table.to_markdown(index=False, floatfmt=".3f"))
-    print(f"results: {results}\nsummary: {Path(args.out) / 'summary.md'}")
+    models = [args.model]
+    if args.model is None:
+        suite = get_suite(args.suite, resolve_data_dir(args.data_dir) is not None) if args.suite else {}
+        if "models" not in suite:
+            raise HarnessError("--model is required (only a suite that lists models runs without it)")
+        models = list(suite["models"])
+    out_dirs = []
+    for model in models:
+        out = Path(args.out) if len(models) == 1 else Path(args.out) / Path(model).name
+        cfg = RunConfig(
+            model=model, tasks=tuple(opts["tasks"].split(",")), decoders=decoders, ks=_ints(str(opts["k"]), "--k"),
+            temperatures=temperatures, top_p=opts["top_p"], top_k=args.top_k, accepts=tuple(opts["accept"].split(",")),
+            n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"],
+            device=args.device, dtype=args.dtype, seed=args.seed, data_dir=args.data_dir,
+            adaptive_tokens=args.adaptive_tokens, draft_model=opts["draft_model"], groups=opts["groups"],
+            allow_code_execution=args.allow_code_execution,
+        )  # fmt: skip
+        run(cfg, str(out), resume=args.resume)
+        page = render([str(out)])
+        print((out / "summary.md").read_text())
+        print(f"results: {out / 'results.jsonl'}\nreport:  {page}")
+        out_dirs.append(str(out))
+    if len(out_dirs) > 1:
+        print(f"comparison: {render(out_dirs, args.out)}")
     return 0
+
+
+def _cmd_report(args) -> int:
+    from harness.report import render
+
+    print(f"report: {render(args.runs, args.out)}")
+    return 0
+
+
+def _cmd_score(args) -> int:
+    from harness.report import render
+    from harness.runner import score
+
+    if not args.allow_code_execution:
+        raise HarnessError("scoring executes programs: pass --allow-code-execution to opt in")
+    print(f"scored {score(args.run, args.workers, args.data_dir)} completions; report: {render([args.run])}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from harness.check import current_metrics, judge, read_baseline, write_baseline
+    from harness.report import load_run
+
+    records, info = load_run(args.run)
+    values = current_metrics(records)
+    path = Path(args.baseline)
+    if args.update_baseline:
+        previous = read_baseline(path) if path.exists() else None
+        source = {"run": str(args.run), "config": info.get("config"), "machine": info.get("machine")}
+        write_baseline(path, values, previous, source)
+        print(f"baseline written: {path} ({len(values)} metrics)")
+        return 0
+    verdicts = judge(read_baseline(path), values)
+    print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
+    for v in verdicts:
+        print(v.line())
+    failed = sum(not v.ok for v in verdicts)
+    print(
+        f"{len(verdicts) - failed}/{len(verdicts)} metrics within tolerance"
+        + (f"; {failed} regressed" if failed else "")
+    )
+    return 1 if failed else 0
 
 
 def _cmd_tasks(args) -> int:
@@ -277,7 +359,8 @@ def _cmd_decode(args) -> int:
         raise HarnessError("empty prompt: --prompt needs some text")
     lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens)
     draft = load_model(args.draft_model, args.device, args.dtype) if args.draft_model else None
-    decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft)
+    decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft,
+                           groups=args.groups)  # fmt: skip
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
     stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)
     prompt_ids = encode_prompt(lm.tokenizer, args.prompt)

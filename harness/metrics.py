@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,7 +41,7 @@ def summarize(records: list[dict]):
         drafted = g.drafted.sum()
         row["accept_rate_mean"] = g.accept_rate.dropna().mean() if g.accept_rate.notna().any() else None
         row["accept_rate_pooled"] = g.accepted.sum() / drafted if drafted else None
-        row["mean_accepted_per_loop"] = g.accepted.sum() / g.loops.sum() if g.loops.sum() else None
+        row["mean_accepted_per_loop"] = g.accepted.sum() / g.loops.sum() if drafted and g.loops.sum() else None
         row["tokens_per_forward"] = g.new_tokens.sum() / g.forward_passes.sum() if g.forward_passes.sum() else None
         row["tokens_per_s"] = g.new_tokens.sum() / g.decode_s.sum() if g.decode_s.sum() > 0 else None
         ratios = []
@@ -70,18 +69,3 @@ def paired_speedup(ratios: list[float]) -> dict:
     half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
     return {"speedup": float(np.exp(mean)), "speedup_lo": float(np.exp(mean - half)),
             "speedup_hi": float(np.exp(mean + half))}  # fmt: skip
-
-
-def write_summary(out_dir):
-    """summary.csv, summary.md (tabulate) and summary.parquet (if pyarrow is present) from results.jsonl."""
-    import json
-    from pathlib import Path
-
-    out = Path(out_dir)
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    table = summarize(records)
-    table.to_csv(out / "summary.csv", index=False)
-    (out / "summary.md").write_text(table.to_markdown(index=False, floatfmt=".3f") + "\n")
-    with contextlib.suppress(ImportError):  # parquet only where pyarrow is installed
-        table.to_parquet(out / "summary.parquet", index=False)
-    return table

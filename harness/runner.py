@@ -13,7 +13,7 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
-DECODERS_WITH_K = ("sdsat",)  # the others take no draft length (hf-pld: its default lookup length)
+DECODERS_WITH_K = ("sdsat", "sdsat-fused")  # the others take no draft length (hf-pld: its default lookup length)
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,7 @@ class RunConfig:
     data_dir: str | None = None
     adaptive_tokens: str | None = None
     draft_model: str | None = None  # hf-assisted's draft model
+    groups: str = "all"  # sdsat-fused's group policy: all, or comma-separated acceptance lengths
     fim_order: str = "psm"
     allow_code_execution: bool = False
 
@@ -69,6 +70,15 @@ def record_key(record: dict) -> tuple:
     return tuple(record[name] for name in UNIT_FIELDS)
 
 
+def _draft_lengths(decoder: str, ks: tuple[int, ...]) -> tuple[int, ...]:
+    """sdsat runs k = 0 as plain AR through its own loop; sdsat-fused needs k >= 1; the others take no k."""
+    if decoder == "sdsat":
+        return ks
+    if decoder in DECODERS_WITH_K:
+        return tuple(k for k in ks if k > 0)
+    return (0,)
+
+
 def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
     """AR (k=0) comes first for each problem so that later records can say whether they equal it."""
     units = []
@@ -77,8 +87,8 @@ def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
             for temp in cfg.temperatures:
                 samples = cfg.n_samples if temp > 0 else 1
                 for decoder in sorted(cfg.decoders, key=lambda d: d != "ar"):
-                    ks = cfg.ks if decoder in DECODERS_WITH_K else (0,)
-                    accepts = cfg.accepts if decoder == "sdsat" and temp > 0 else ("-",)
+                    ks = _draft_lengths(decoder, cfg.ks)
+                    accepts = cfg.accepts if decoder in DECODERS_WITH_K and temp > 0 else ("-",)
                     for k in ks:
                         for accept in accepts:
                             for s in range(samples):
@@ -169,7 +179,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     draft = load_model(cfg.draft_model, cfg.device, cfg.dtype) if cfg.draft_model else None
     if "hf-assisted" in cfg.decoders and draft is None:
         raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
-    if any(d == "sdsat" for d in cfg.decoders):
+    if any(d in DECODERS_WITH_K for d in cfg.decoders):
         for k in cfg.ks:
             if k > 0:
                 lm.require_adaptive(k)
@@ -195,7 +205,8 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             dkey = (unit.decoder, unit.k, unit.accept)
             if dkey not in decoders:
                 accept = "exact" if unit.accept == "-" else unit.accept
-                decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft)
+                decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft,
+                                              groups=cfg.groups)  # fmt: skip
             prompt = build_prompt(problem, lm.fim, cfg.fim_order)
             # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
             ids = encode_prompt(lm.tokenizer, prompt.rstrip() if problem.suffix is None else prompt)
@@ -227,3 +238,37 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             f.flush()
             bar.update(1)
     return results
+
+
+def score(out_dir: str, workers: int, data_dir: str | None = None, progress: bool = True) -> int:
+    """Execute the completions of records that were written without execution (a GPU run without
+    --allow-code-execution, say) and rewrite ``results.jsonl`` atomically; returns how many were scored."""
+    from tqdm import tqdm
+
+    from harness.scoring import judge_many
+    from harness.tasks import load_problems
+
+    out = Path(out_dir)
+    results = out / "results.jsonl"
+    if not results.exists():
+        raise HarnessError(f"{out}: no results.jsonl (not a run directory?)")
+    info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    records = [_parse_record(line) for line in results.read_text().splitlines() if line.strip()]
+    if any(r is None for r in records):
+        raise HarnessError(f"{results}: malformed record")
+    todo = [r for r in records if r.get("passed") is None]
+    if data_dir is None and info.get("data_dir") and Path(info["data_dir"]).is_dir():
+        data_dir = info["data_dir"]  # else $SDSAT_DATA_DIR, as everywhere
+    problems = {}
+    for task in sorted({r["task"] for r in todo}):
+        for p in load_problems(task, data_dir, None):
+            problems[(task, p.problem_id)] = p
+    with tqdm(total=len(todo), desc="sdsat-bench score", unit="prog", disable=not progress, file=sys.stderr) as bar:
+        verdicts = judge_many([(problems[(r["task"], r["problem_id"])], r["completion"]) for r in todo], workers,
+                              progress=bar.update)  # fmt: skip
+    for record, verdict in zip(todo, verdicts, strict=True):
+        record["passed"], record["status"] = verdict.status == "passed", verdict.status
+    tmp = results.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, results)
+    return len(todo)

@@ -27,6 +27,9 @@ NPM_PACKAGES = ["rxjs", "zod", "typeorm", "@nestjs/core", "@nestjs/common", "@an
 RUST_SDISTS = ["ruff", "tokenizers", "pydantic-core", "orjson", "cryptography", "rpds-py", "jiter", "safetensors",
                "polars", "tiktoken"]  # fmt: skip
 BUDGET_MB = {"java": 14, "go": 14, "js": 12, "ts": 8, "rs": 14, "php": 4, "sh": 2}
+# Installed trees searched for JS, PHP and shell (scripts in bin directories are found by their #! line).
+LOCAL_ROOTS = ("/usr/lib/node_modules", "/usr/share/php", "/usr/lib/google-cloud-sdk", "/usr/bin", "/usr/sbin",
+               "/etc/init.d")  # fmt: skip
 EXT = {".java": "java", ".go": "go", ".js": "js", ".mjs": "js", ".ts": "ts", ".rs": "rs", ".php": "php", ".sh": "sh"}
 
 
@@ -58,8 +61,9 @@ def collect(root: Path, jdk_src: str, go_src: str) -> None:
         with tarfile.open(tgz) as tar:
             tar.extractall(npm / tgz.stem, filter="data")
     fetch_rust_sdists(root / "rs")
-    for base in ("/usr/share", "/usr/lib", "/usr/bin", "/usr/sbin", "/etc/init.d"):
-        os.symlink(base, root / ("local" + base.replace("/", "_")))
+    for base in LOCAL_ROOTS:
+        if Path(base).exists():
+            os.symlink(base, root / ("local" + base.replace("/", "_")))
 
 
 def is_shell_script(path: str) -> bool:

@@ -68,20 +68,22 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("decoder", ["sdsat", "sdsat-fused"])
 @pytest.mark.parametrize("seed,repeated,sampling,k,tree", CASES)
-def test_exact_rule_preserves_distribution(seed, repeated, sampling, k, tree):
+def test_exact_rule_preserves_distribution(seed, repeated, sampling, k, tree, decoder):
     lm = make_lm(seed=seed, repeated=repeated, init_range=0.5)
     ids = prompt_ids(lm, "ab(")
     expected = exact_distribution(lm, ids, sampling)
     n = 3000
-    sd = make_decoder("sdsat", lm, k=k, accept="exact", tree=tree)
+    sd = make_decoder(decoder, lm, k=k, accept="exact", tree=tree)
     counts = sample_counts(sd, ids, sampling, n)
     assert goodness_of_fit(counts, expected) > 1e-3
     ar_counts = sample_counts(make_decoder("ar", lm), ids, sampling, n)
     assert goodness_of_fit(ar_counts, expected) > 1e-3
 
 
-def test_exact_rule_accepts_drafts_and_paper_rule_is_biased():
+@pytest.mark.parametrize("decoder", ["sdsat", "sdsat-fused"])
+def test_exact_rule_accepts_drafts_and_paper_rule_is_biased(decoder):
     """A context-free model predicts the same distribution p at every position (tokens i.i.d. ~ p),
     so drafts are often right. The exact rule keeps p; the paper rule, where every tree path draws
     its own sample, over-accepts the top candidate."""
@@ -90,10 +92,10 @@ def test_exact_rule_accepts_drafts_and_paper_rule_is_biased():
     sampling = SamplingParams(temperature=1.0)
     expected = exact_distribution(lm, ids, sampling)
     n = 2000
-    exact = make_decoder("sdsat", lm, k=3, accept="exact")
+    exact = make_decoder(decoder, lm, k=3, accept="exact")
     counts = sample_counts(exact, ids, sampling, n)
     assert goodness_of_fit(counts, expected) > 1e-3
     stats = exact.generate(ids, StopCondition(max_new_tokens=200), sampling).stats
     assert stats.accepted > 0
-    paper = make_decoder("sdsat", lm, k=3, accept="paper")
+    paper = make_decoder(decoder, lm, k=3, accept="paper")
     assert goodness_of_fit(sample_counts(paper, ids, sampling, n), expected) < 1e-6

@@ -149,6 +149,7 @@ def test_suite_settings_and_flag_overrides(capsys, tmp_path, tiny_checkpoint):
     assert {r["task"] for r in records} == {"humaneval"} and {(r["decoder"], r["k"]) for r in records} == {
         ("ar", 0),
         ("sdsat", 2),
+        ("sdsat-fused", 2),
     }
     assert json.loads((out / "run.json").read_text())["config"]["max_new_tokens"] == 4
     capsys.readouterr()

@@ -63,6 +63,7 @@ def test_wheel_ships_the_task_configs(tmp_path):
         "smoke.yaml",
         "paper-greedy.yaml",
         "paper-nucleus.yaml",
+        "paper-accuracy.yaml",
     }
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from harness.decoding.autoregressive import AutoregressiveDecoder
 from harness.decoding.base import Decoder, Generation, SamplingParams, Stats, StopCondition
+from harness.decoding.fused import FusedSdsatDecoder
 from harness.decoding.peers import HfGenerateDecoder
 from harness.decoding.sdsat import SdsatDecoder
 from harness.errors import HarnessError
 from harness.models import LoadedModel
 
-DECODERS = ("ar", "sdsat", "hf", "hf-pld", "hf-assisted")
+DECODERS = ("ar", "sdsat", "sdsat-fused", "hf", "hf-pld", "hf-assisted")
 PLD_DEFAULT_TOKENS = 10
 
 
@@ -20,11 +21,14 @@ def make_decoder(
     accept: str = "exact",
     tree: str | None = None,
     draft: LoadedModel | None = None,
+    groups: str | None = None,
 ) -> Decoder:
     if name == "ar":
         return AutoregressiveDecoder(lm)
     if name == "sdsat":
         return SdsatDecoder(lm, k, accept=accept, tree=tree)
+    if name == "sdsat-fused":
+        return FusedSdsatDecoder(lm, k, accept=accept, tree=tree, groups=groups)
     if name == "hf":
         return HfGenerateDecoder(lm, "hf")
     if name == "hf-pld":

@@ -72,8 +72,8 @@ def two_step_loop(s: DecodeSession, adaptive_ids: list[int], verify: Verifier, d
             break
         accepted, bonus = verify(s, t1, draft_logits)
         kept = s.emit([*accepted, bonus])
-        s.record(drafted=drafted, accepted=min(len(accepted), kept), emitted=1 + kept, forwards=2)
         s.pending = bonus
+        s.record(drafted=drafted, accepted=min(len(accepted), kept), emitted=1 + kept, forwards=2)
 
 
 class SdsatDecoder:

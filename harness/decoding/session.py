@@ -55,6 +55,20 @@ class DecodeSession:
                 self.stats.prefill_passes += 1
         self.stats.prefill_s = t.seconds
 
+    def prefill_with_group(self, adaptive_ids: Sequence[int]) -> torch.Tensor:
+        """Prefill the whole prompt with a group of adaptive tokens appended (anchored at the prompt's
+        last token; plain causal attention and consecutive positions are exactly that group's layout).
+        The prompt's last position gives the first new token, which becomes ``pending``; returns the
+        group's (k, vocab) draft logits. The group's cache entries are dropped."""
+        hf_compat.reset_peak_memory(self.lm.device)
+        with Timer(self.lm.device) as t:
+            logits = self._forward([*self.prompt_ids, *adaptive_ids], logits_to_keep=len(adaptive_ids) + 1)
+            hf_compat.crop_cache(self.cache, len(self.prompt_ids))
+            self.pending = self.choose(logits[0])
+            self.stats.prefill_passes += 1
+        self.stats.prefill_s = t.seconds
+        return logits[1:]
+
     def _forward(self, tokens, positions=None, allowed=None, logits_to_keep=0) -> torch.Tensor:
         device = self.lm.device
         base = self.cache_length

@@ -1,0 +1,110 @@
+"""The CI gate: a run's metrics against a committed baseline, each with its own tolerance.
+
+Machine-independent metrics (tokens per forward pass, accept rate, share identical to AR, pass@k)
+and speed *ratios* measured inside the one run (sdsat vs ar tokens/s) are gated; absolute timings
+never are, since they belong to a machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+
+# metric -> (kind, default tolerance): "rel" tolerances are fractions of the baseline value.
+GATED = {
+    "tokens_per_forward": ("rel", 0.05),
+    "accept_rate_pooled": ("abs", 0.03),
+    "identical_to_ar": ("abs", 0.0),
+    "pass@1": ("abs", 0.05),
+    "pass@10": ("abs", 0.05),
+    "speedup": ("rel", 0.30),  # a ratio measured in one process run: CPU noise needs room
+}
+
+
+@dataclass
+class Verdict:
+    metric: str
+    baseline: float
+    value: float | None
+    tolerance: str
+    ok: bool
+
+    def line(self) -> str:
+        value = "missing" if self.value is None else f"{self.value:.4f}"
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.metric:<70} {self.baseline:>8.4f} {value:>8}  {self.tolerance}"
+
+
+def metric_key(row, metric: str) -> str:
+    """A stable name for one metric of one summary row."""
+    parts = [row["task"], row["decoder"], f"k={row['k']}"]
+    if row["temperature"] > 0:
+        parts += [f"T={row['temperature']:g}", f"top_p={row['top_p']:g}", f"accept={row['accept']}"]
+    return "/".join(parts) + f":{metric}"
+
+
+def current_metrics(records: list[dict]) -> dict[str, float]:
+    """Per task: the machine-independent metrics. Speed: the paired speedup over AR pooled over every
+    problem of every task (``all-tasks``), since a handful of problems per task is too noisy to gate."""
+    from harness.metrics import summarize
+
+    pooled = [{**r, "task": "all-tasks", "problem_id": f"{r['task']}/{r['problem_id']}"} for r in records]
+    values = {}
+    for table, metrics in (
+        (summarize(records), [m for m in GATED if m != "speedup"]),
+        (summarize(pooled), ["speedup"]),
+    ):
+        for _, row in table.iterrows():
+            for metric in metrics:
+                v = row.get(metric)
+                if row["decoder"] == "ar" and metric == "speedup":
+                    continue  # AR over AR is 1 by construction
+                if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                    values[metric_key(row, metric)] = float(v)
+    return values
+
+
+def _tolerance(metric: str, entry: dict) -> tuple[str, float]:
+    kind, default = GATED[metric.rsplit(":", 1)[1]]
+    return entry.get("kind", kind), float(entry.get("tolerance", default))
+
+
+def judge(baseline: dict, values: dict[str, float]) -> list[Verdict]:
+    """Every metric is 'higher is better': a value may fall below its baseline by its tolerance."""
+    verdicts = []
+    for metric, entry in sorted(baseline["metrics"].items()):
+        kind, tol = _tolerance(metric, entry)
+        base = float(entry["value"])
+        floor = base * (1 - tol) if kind == "rel" else base - tol
+        value = values.get(metric)
+        text = f"-{tol:.0%}" if kind == "rel" else f"-{tol:g}"
+        verdicts.append(Verdict(metric, base, value, text, value is not None and value >= floor - 1e-12))
+    return verdicts
+
+
+def read_baseline(path: Path) -> dict:
+    try:
+        baseline = json.loads(path.read_text())
+        baseline["metrics"]
+        return baseline
+    except FileNotFoundError:
+        raise HarnessError(f"baseline '{path}' does not exist (create it with --update-baseline)") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise HarnessError(f"baseline '{path}' is not a baseline file (expected JSON with 'metrics')") from None
+
+
+def write_baseline(path: Path, values: dict[str, float], previous: dict | None, source: dict) -> None:
+    """Current values become the baseline; tolerances already chosen in the file are kept."""
+    old = (previous or {}).get("metrics", {})
+    metrics = {}
+    for metric, value in sorted(values.items()):
+        kind, tol = _tolerance(metric, old.get(metric, {}))
+        metrics[metric] = {"value": round(value, 6), "kind": kind, "tolerance": tol}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"source": source, "metrics": metrics}, indent=1) + "\n")
+    except OSError as exc:
+        raise HarnessError(f"cannot write baseline '{path}' ({exc.strerror})") from None
