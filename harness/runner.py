@@ -207,6 +207,9 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
                 accept = "exact" if unit.accept == "-" else unit.accept
                 decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft,
                                               groups=cfg.groups)  # fmt: skip
+                if lm.device.type == "cuda":  # kernels and allocator warm up outside the timed records
+                    warm_ids = encode_prompt(lm.tokenizer, "def warm_up(x):")
+                    decoders[dkey].generate(warm_ids, StopCondition(16), SamplingParams(unit.temperature, seed=0))
             prompt = build_prompt(problem, lm.fim, cfg.fim_order)
             # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
             ids = encode_prompt(lm.tokenizer, prompt.rstrip() if problem.suffix is None else prompt)
