@@ -51,12 +51,13 @@ def test_hf_greedy_matches_ar():
     """transformers' generate is an independent reference for the AR loop itself."""
     lm = make_lm(seed=5)
     ids = prompt_ids(lm, "def f(a):\n")
-    stop = StopCondition(max_new_tokens=30)
-    ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
-    hf = make_decoder("hf", lm).generate(ids, stop, GREEDY)
-    pld = make_decoder("hf-pld", lm).generate(ids, stop, GREEDY)
-    assisted = make_decoder("hf-assisted", lm, draft=make_lm(seed=6)).generate(ids, stop, GREEDY)
-    assert hf.tokens == ar.tokens == pld.tokens == assisted.tokens
+    for stop in (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=30, stop_strings=("a", "b"))):
+        ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
+        hf = make_decoder("hf", lm).generate(ids, stop, GREEDY)
+        pld = make_decoder("hf-pld", lm).generate(ids, stop, GREEDY)
+        assisted = make_decoder("hf-assisted", lm, draft=make_lm(seed=6)).generate(ids, stop, GREEDY)
+        assert hf.tokens == ar.tokens == pld.tokens == assisted.tokens
+        assert hf.text == ar.text == pld.text == assisted.text
 
 
 def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers import StoppingCriteriaList, StopStringCriteria
 
 from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink
 from harness.errors import HarnessError
@@ -49,7 +50,10 @@ class HfGenerateDecoder:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
             torch.manual_seed(sampling.seed)
         if stop.stop_strings:
-            kwargs.update(stop_strings=list(stop.stop_strings), tokenizer=self.lm.tokenizer)
+            # A criteria object rather than ``stop_strings``: assisted generation would hand the strings
+            # to the draft model's own generate call, which has no tokenizer.
+            criteria = StopStringCriteria(self.lm.tokenizer, list(stop.stop_strings))
+            kwargs["stopping_criteria"] = StoppingCriteriaList([criteria])
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
         if self.assistant is not None:
