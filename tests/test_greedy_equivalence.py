@@ -51,7 +51,7 @@ def test_hf_greedy_matches_ar():
     """transformers' generate is an independent reference for the AR loop itself."""
     lm = make_lm(seed=5)
     ids = prompt_ids(lm, "def f(a):\n")
-    for stop in (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=30, stop_strings=("a", "b"))):
+    for stop in (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=30, stop_strings=("g", "):"))):
         ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
         hf = make_decoder("hf", lm).generate(ids, stop, GREEDY)
         pld = make_decoder("hf-pld", lm).generate(ids, stop, GREEDY)
