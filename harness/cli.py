@@ -246,13 +246,14 @@ def _cmd_run(args) -> int:
             adaptive_tokens=args.adaptive_tokens, draft_model=opts["draft_model"], groups=opts["groups"],
             allow_code_execution=args.allow_code_execution,
         )  # fmt: skip
-        run(cfg, str(out), resume=args.resume)
+        if run(cfg, str(out), resume=args.resume) is None:
+            continue  # another process of a distributed run: the main process merges and reports
         page = render([str(out)])
         print((out / "summary.md").read_text())
         print(f"results: {out / 'results.jsonl'}\nreport:  {page}")
         out_dirs.append(str(out))
     if len(out_dirs) > 1:
-        print(f"comparison: {render(out_dirs, args.out)}")
+        print(f"comparison: {render(out_dirs, args.out)}")  # only the main process gets here with several
     return 0
 
 

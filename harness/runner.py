@@ -120,9 +120,14 @@ def machine() -> dict:
     return info
 
 
-def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
-    """Check the output directory; with --resume, the records already there (a record cut by a kill
-    mid-write is dropped from the file, so its unit runs again)."""
+def _result_files(out: Path) -> list[Path]:
+    """The merged results and any per-process shards a distributed run left (killed before merging)."""
+    return [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]
+
+
+def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> None:
+    """Check the output directory; with --resume, check the configuration and drop a record cut by a
+    kill mid-write from the end of each results file (so that its unit runs again)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -130,28 +135,56 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
         probe.unlink()
     except OSError as exc:
         raise HarnessError(f"output directory '{out}' is not writable ({exc.strerror})") from None
-    results, run_json = out / "results.jsonl", out / "run.json"
+    files = [f for f in _result_files(out) if f.exists() and f.stat().st_size > 0]
     if not resume:
-        if results.exists() and results.stat().st_size > 0:
-            raise HarnessError(f"{results} already has results: pass --resume to continue it, or choose another --out")
-        return []
+        if files:
+            raise HarnessError(f"{files[0]} already has results: pass --resume to continue it, or choose another --out")
+        return
+    run_json = out / "run.json"
     if not run_json.exists():
-        return []
+        return
     previous = json.loads(run_json.read_text()).get("config", {})
     if previous != cfg.identity():
         diff = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
-        raise HarnessError(f"--resume: {results} comes from another configuration (differs in {', '.join(diff)})")
-    lines = results.read_text().splitlines() if results.exists() else []
-    kept: list[dict] = []
-    for n, line in enumerate(lines, start=1):
-        record = _parse_record(line)
-        if record is not None:
-            kept.append(record)
-        elif n != len(lines):
-            raise HarnessError(f"{results}:{n}: malformed record")
-    if len(kept) != len(lines):
-        results.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    return kept
+        raise HarnessError(
+            f"--resume: {out / 'results.jsonl'} comes from another configuration (differs in {', '.join(diff)})"
+        )
+    for path in files:
+        lines = path.read_text().splitlines()
+        kept = []
+        for n, line in enumerate(lines, start=1):
+            record = _parse_record(line)
+            if record is not None:
+                kept.append(record)
+            elif n != len(lines):
+                raise HarnessError(f"{path}:{n}: malformed record")
+        if len(kept) != len(lines):
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def _read_records(out: Path) -> list[dict]:
+    records = []
+    for path in _result_files(out):
+        if path.exists():
+            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records
+
+
+def _merge(out: Path, units: list[WorkUnit]) -> None:
+    """One results.jsonl in plan order (as a single process writes it), shards removed."""
+    shards = _result_files(out)[1:]
+    if not shards:
+        return
+    order = {u.key: i for i, u in enumerate(units)}
+    by_key: dict = {}
+    for record in _read_records(out):
+        by_key.setdefault(record_key(record), record)
+    merged = sorted(by_key.values(), key=lambda r: order.get(record_key(r), len(order)))
+    tmp = out / "results.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged))
+    os.replace(tmp, out / "results.jsonl")
+    for shard in shards:
+        shard.unlink()
 
 
 def _parse_record(line: str) -> dict | None:
@@ -163,10 +196,14 @@ def _parse_record(line: str) -> dict | None:
         return None
 
 
-def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = True) -> Path:
+def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = True) -> Path | None:
+    """Run every work unit not yet in ``out_dir``. Under ``accelerate launch`` each process takes
+    every N-th problem, appends to its own shard, and the main process merges the shards into
+    results.jsonl; returns its path on the main process, None on the others."""
     from tqdm import tqdm
 
     from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.distributed import current_shard
     from harness.models import encode_prompt, load_model, resolve_model_path
     from harness.scoring import judge
     from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
@@ -174,9 +211,14 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     out = Path(out_dir)
     for task in cfg.tasks:
         get_task(task)  # unknown task: one-line error before anything is written
-    previous = _prepare_out(out, cfg, resume)
-    lm = load_model(cfg.model, cfg.device, cfg.dtype, cfg.adaptive_tokens)
-    draft = load_model(cfg.draft_model, cfg.device, cfg.dtype) if cfg.draft_model else None
+    shard = current_shard(cpu=cfg.device == "cpu")
+    if shard.is_main:
+        _prepare_out(out, cfg, resume)
+    shard.wait()
+    previous = _read_records(out)
+    device = shard.device(cfg.device)
+    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens)
+    draft = load_model(cfg.draft_model, device, cfg.dtype) if cfg.draft_model else None
     if "hf-assisted" in cfg.decoders and draft is None:
         raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
     if any(d in DECODERS_WITH_K for d in cfg.decoders):
@@ -185,20 +227,30 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
                 lm.require_adaptive(k)
     problems = {t: load_problems(t, cfg.data_dir, cfg.limit) for t in cfg.tasks}
     by_id = {(t, p.problem_id): p for t, ps in problems.items() for p in ps}
+    numbered = [(t, p) for t, ps in problems.items() for p in ps]
+    mine: dict[str, list] = {t: [] for t in problems}
+    for n, (t, p) in enumerate(numbered):
+        if shard.owns(n):
+            mine[t].append(p)
     units = plan(cfg, problems)
-    path = resolve_model_path(cfg.model)
-    (out / "run.json").write_text(json.dumps({
-        "config": cfg.identity(), "data_dir": cfg.data_dir, "allow_code_execution": cfg.allow_code_execution,
-        "model_path": path, "model_sha256": model_hash(path), "machine": machine(), "units": len(units),
-    }, indent=1))  # fmt: skip
-    results = out / "results.jsonl"
+    devices = shard.gather(f"{lm.device}" + (f" {torch_device_name(lm.device)}" if lm.device.type == "cuda" else ""))
+    if shard.is_main:
+        path = resolve_model_path(cfg.model)
+        (out / "run.json").write_text(json.dumps({
+            "config": cfg.identity(), "data_dir": cfg.data_dir, "allow_code_execution": cfg.allow_code_execution,
+            "model_path": path, "model_sha256": model_hash(path), "machine": machine(), "units": len(units),
+            "processes": shard.count, "process_devices": devices,
+        }, indent=1))  # fmt: skip
+    results = out / "results.jsonl" if shard.count == 1 else out / f"results.rank{shard.index}.jsonl"
     done = {record_key(r) for r in previous}
     ar_completions = {(r["task"], r["problem_id"]): r["completion"] for r in previous
                       if r["decoder"] == "ar" and r["temperature"] == 0}  # fmt: skip
-    todo = [u for u in units if u.key not in done]
+    my_units = plan(cfg, mine)
+    todo = [u for u in my_units if u.key not in done]
     decoders: dict = {}
-    with open(results, "a") as f, tqdm(total=len(units), initial=len(units) - len(todo), disable=not progress,
-                                        desc="sdsat-bench run", unit="gen", file=sys.stderr) as bar:  # fmt: skip
+    desc = "sdsat-bench run" + (f" [process 0 of {shard.count}]" if shard.count > 1 else "")
+    with open(results, "a") as f, tqdm(total=len(my_units), initial=len(my_units) - len(todo), desc=desc, unit="gen",
+                                        disable=not progress or not shard.is_main, file=sys.stderr) as bar:  # fmt: skip
         for unit in todo:
             problem = by_id[(unit.task, unit.problem_id)]
             task = get_task(unit.task)
@@ -234,13 +286,23 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
                 "new_tokens": st.new_tokens, "forward_passes": st.forward_passes, "loops": len(st.loops),
                 "drafted": st.drafted, "accepted": st.accepted, "accept_rate": st.accept_rate,
                 "mean_accepted_length": st.mean_accepted_length, "prefill_s": st.prefill_s, "decode_s": st.decode_s,
-                "tokens_per_s": st.tokens_per_s, "stop_reason": gen.stop_reason,
+                "tokens_per_s": st.tokens_per_s, "stop_reason": gen.stop_reason, "device": str(lm.device),
                 "identical_to_ar": (completion == ar) if unit.temperature == 0 and ar is not None else None,
             }  # fmt: skip
             f.write(json.dumps(record) + "\n")
             f.flush()
             bar.update(1)
-    return results
+    shard.wait()
+    if not shard.is_main:
+        return None
+    _merge(out, units)
+    return out / "results.jsonl"
+
+
+def torch_device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device)
 
 
 def score(out_dir: str, workers: int, data_dir: str | None = None, progress: bool = True) -> int:

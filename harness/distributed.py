@@ -1,0 +1,52 @@
+"""Data-parallel evaluation under ``accelerate launch``: which problems this process runs and on
+which device. Work is split by problem, so that AR and the speculative decoders of one problem run
+in one process on one device: a speed ratio never mixes two devices, and ``identical_to_ar`` is
+decided where both completions are."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int = 0
+    count: int = 1
+    local_index: int = 0
+    state: Any = None  # accelerate.PartialState when launched with several processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+    def owns(self, problem_number: int) -> bool:
+        return problem_number % self.count == self.index
+
+    def device(self, requested: str) -> str:
+        """One GPU per process: ``cuda`` becomes this process's local device."""
+        return f"cuda:{self.local_index}" if requested == "cuda" and self.count > 1 else requested
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+    def gather(self, obj) -> list:
+        """Every process's ``obj``, in process order (a collective: every process must call it)."""
+        if self.count == 1:
+            return [obj]
+        from accelerate.utils import gather_object
+
+        return gather_object([obj])
+
+
+def current_shard(cpu: bool = False) -> Shard:
+    """This process's shard when launched with several processes (``accelerate launch --multi_gpu
+    --num_processes N``, or ``torchrun``, which it calls; on CPU, processes talk through gloo)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Shard()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)
+    return Shard(state.process_index, state.num_processes, state.local_process_index, state)
