@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--intermediate", type=int, default=1024)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch and process")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
     p.add_argument("--max-k", type=int, default=15)
     p.add_argument("--repeated-adaptive", action="store_true", help="one adaptive id for every offset")
     p.add_argument("--pretrain-minutes", type=float, default=4.5)
@@ -185,7 +186,7 @@ def _cmd_train(args) -> int:
         heads=args.heads, intermediate=args.intermediate, seq_len=args.seq_len, batch_size=args.batch_size,
         max_k=args.max_k, repeated_adaptive=args.repeated_adaptive, pretrain_minutes=args.pretrain_minutes,
         sdsat_minutes=args.sdsat_minutes, draft_minutes=args.draft_minutes, sdsat_lr=args.sdsat_lr,
-        adaptive_weight=args.adaptive_weight,
+        adaptive_weight=args.adaptive_weight, grad_accum=args.grad_accum,
         eval_prompts=args.eval_prompts, distill=args.targets == "distill", compare_minutes=args.compare_minutes,
     )  # fmt: skip
     run(cfg, tuple(args.stages.split(",")))

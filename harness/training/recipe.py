@@ -57,6 +57,7 @@ class RecipeConfig:
     adaptive_weight: float = 1.0
     n_groups: int = 16
     batch_size: int = 64
+    grad_accum: int = 1
     eval_prompts: int = 40
     eval_max_new_tokens: int = 128
     compare_minutes: float = 1.2
@@ -132,7 +133,7 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
         model = LlamaForCausalLM(config).to(device)
         stream = np.load(work / "train.npy", mmap_mode="r")
         tc = TrainConfig(mode="pretrain", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
-                         time_budget_s=minutes * 60, seed=cfg.seed)  # fmt: skip
+                         time_budget_s=minutes * 60, seed=cfg.seed, grad_accum=cfg.grad_accum)  # fmt: skip
         model, summary = train(model, np.asarray(stream), tc, work / f"{name}_log.jsonl")
         save_checkpoint(model, tokenizer, out_dir, None, torch.bfloat16, SHARD)
         (work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
@@ -148,7 +149,8 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
             stream = np.load(work / "train.npy", mmap_mode="r")
             tc = TrainConfig(mode="sdsat", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.sdsat_lr,
                              warmup=50, time_budget_s=cfg.sdsat_minutes * 60, n_groups=cfg.n_groups,
-                             adaptive_weight=cfg.adaptive_weight, distill=cfg.distill, seed=cfg.seed + 1)  # fmt: skip
+                             adaptive_weight=cfg.adaptive_weight, distill=cfg.distill, seed=cfg.seed + 1,
+                             grad_accum=cfg.grad_accum)  # fmt: skip
             model, summary = train(model, np.asarray(stream), tc, work / "sdsat_log.jsonl", list(adaptive.token_ids))
             save_checkpoint(model, tokenizer, sdsat_dir, adaptive, torch.bfloat16, SHARD)
             (work / "sdsat_summary.json").write_text(json.dumps(summary, indent=1))

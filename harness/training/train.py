@@ -36,6 +36,7 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     bf16: bool = True
+    grad_accum: int = 1  # micro-batches of batch_size per optimiser step (per process)
 
 
 def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -74,7 +75,10 @@ def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int
 
 
 def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, adaptive_ids: list[int] | None = None):
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no")
+    cuda = torch.cuda.is_available()
+    # Under accelerate launch / torchrun without CUDA the processes train on CPU over gloo.
+    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 and cuda else "no", cpu=not cuda,
+                              gradient_accumulation_steps=cfg.grad_accum)  # fmt: skip
     torch.manual_seed(cfg.seed + accelerator.process_index)
     rng = np.random.default_rng(cfg.seed + 1000 * accelerator.process_index)
     gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
@@ -101,14 +105,16 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
     while step < total:
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        x = torch.from_numpy(sample_windows(stream, cfg.batch_size, cfg.seq_len, rng)).to(accelerator.device)
-        with accelerator.autocast():
-            losses = step_losses(model, x, cfg, adaptive_ids, gen)
-        accelerator.backward(losses["loss"])
-        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        tokens_seen += x.numel() * accelerator.num_processes
+        for _ in range(cfg.grad_accum):
+            x = torch.from_numpy(sample_windows(stream, cfg.batch_size, cfg.seq_len, rng)).to(accelerator.device)
+            with accelerator.accumulate(model), accelerator.autocast():
+                losses = step_losses(model, x, cfg, adaptive_ids, gen)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            tokens_seen += x.numel() * accelerator.num_processes
         step += 1
         if step == 20:
             timed_from = time.perf_counter()  # steps 1-20 carry start-up costs: time the next ones
@@ -117,6 +123,8 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
             per_step = (time.perf_counter() - timed_from) / 40
             left = cfg.time_budget_s - (time.perf_counter() - start)
             total = min(cfg.max_steps, max(step + 1, step + int(left / per_step)))
+            # Every process must take the same number of steps (DDP would wait forever otherwise).
+            total = int(accelerator.gather(torch.tensor([total], device=accelerator.device)).min())
         if step % cfg.log_every == 0 or step == total:
             elapsed = time.perf_counter() - start
             record = {k: float(v.detach()) for k, v in losses.items()}
