@@ -34,6 +34,17 @@ def greedy_prefix(drafts: Sequence[int], predictions: Sequence[int]) -> int:
     return n
 
 
+def greedy_tree_walk(tree: DraftTree, node_tokens: Sequence[int], predictions: Sequence[int]) -> tuple[list[int], int]:
+    """Greedy verification of any tree: follow the child that equals the model's prediction."""
+    path, node = [], 0
+    while True:
+        match = [c for c in tree.children[node] if node_tokens[c] == predictions[node]]
+        if not match:
+            return path, predictions[node]
+        node = match[0]
+        path.append(node)
+
+
 def exact_tree_walk(
     tree: DraftTree,
     node_tokens: Sequence[int],

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 
 from harness import hf_compat
-from harness.decoding.acceptance import ACCEPT_RULES, exact_tree_walk, paper_tree_walk
+from harness.decoding.acceptance import ACCEPT_RULES
 from harness.decoding.base import Generation, SamplingParams, StopCondition
-from harness.decoding.sampling import target_probs
+from harness.decoding.sdsat import tree_tokens, walk_tree
 from harness.decoding.session import DecodeSession
 from harness.decoding.trees import DraftTree
 from harness.errors import HarnessError
@@ -94,21 +93,6 @@ def parse_groups(spec: str | None, tree: DraftTree) -> tuple[int, ...]:
     return tuple(chain[d] for d in lengths if d in chain)
 
 
-def greedy_tree_walk(tree: DraftTree, node_tokens: Sequence[int], predictions: Sequence[int]) -> tuple[list[int], int]:
-    """Greedy verification of any tree: follow the child that equals the model's prediction."""
-    path, node = [], 0
-    while True:
-        match = [c for c in tree.children[node] if node_tokens[c] == predictions[node]]
-        if not match:
-            return path, predictions[node]
-        node = match[0]
-        path.append(node)
-
-
-def _probs_at(node_logits: torch.Tensor, sampling: SamplingParams, node: int) -> torch.Tensor:
-    return target_probs(node_logits[node], sampling)
-
-
 class FusedSdsatDecoder:
     name = "sdsat-fused"
 
@@ -148,19 +132,10 @@ class FusedSdsatDecoder:
         while not s.done:
             block = full if draft_logits is not None else self.first
             tree = block.tree
-            top = torch.topk(draft_logits[: tree.depth], tree.max_width, dim=-1).indices.tolist() if tree.size else []
-            tokens = [s.pending] + [top[d - 1][r] for d, r in zip(tree.node_depth.tolist()[1:], tree.node_rank[1:],
-                                                                     strict=True)]  # fmt: skip
+            tokens = tree_tokens(tree, s.pending, draft_logits)
             prefix = s.cache_length
             logits = s.forward(tokens + self.adaptive_ids * len(block.anchors), prefix + block.offsets, block.allowed)
-            node_logits = logits[: tree.size + 1]
-            if s.sampling.greedy:
-                path, bonus = greedy_tree_walk(tree, tokens, torch.argmax(node_logits, dim=-1).tolist())
-            elif self.accept == "exact":
-                probs_at = partial(_probs_at, node_logits, s.sampling)
-                path, bonus = exact_tree_walk(tree, tokens, probs_at, s.generator)
-            else:
-                path, bonus = paper_tree_walk(tree, tokens, target_probs(node_logits, s.sampling), s.generator)
+            path, bonus = walk_tree(s, tree, tokens, logits[: tree.size + 1], self.accept)
             hf_compat.keep_cache_positions(s.cache, prefix, torch.tensor([0, *path]))  # t0 and the accepted path
             kept = s.emit([tokens[n] for n in path] + [bonus])
             s.pending = bonus

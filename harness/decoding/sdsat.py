@@ -17,7 +17,13 @@ from functools import partial
 import torch
 
 from harness import hf_compat
-from harness.decoding.acceptance import ACCEPT_RULES, exact_tree_walk, greedy_prefix, paper_tree_walk
+from harness.decoding.acceptance import (
+    ACCEPT_RULES,
+    exact_tree_walk,
+    greedy_prefix,
+    greedy_tree_walk,
+    paper_tree_walk,
+)
 from harness.decoding.autoregressive import autoregressive_loop
 from harness.decoding.base import Generation, SamplingParams, StopCondition
 from harness.decoding.sampling import target_probs
@@ -47,18 +53,38 @@ def verify_chain(s: DecodeSession, t1: int, draft_logits: torch.Tensor) -> tuple
     return drafts[:m], predictions[m]
 
 
+def tree_tokens(tree: DraftTree, root: int, draft_logits: torch.Tensor | None) -> list[int]:
+    """The root token, then every node's candidate: the rank-r token of its depth's draft logits."""
+    if tree.size == 0:
+        return [root]
+    top = torch.topk(draft_logits[: tree.depth], tree.max_width, dim=-1).indices.tolist()
+    return [root] + [top[d - 1][r] for d, r in zip(tree.node_depth.tolist()[1:], tree.node_rank[1:], strict=True)]
+
+
+def walk_tree(
+    s: DecodeSession, tree: DraftTree, tokens: list[int], node_logits: torch.Tensor, rule: str
+) -> tuple[list[int], int]:
+    """The accepted nodes and the bonus token: greedy decoding follows the argmax; sampling walks the
+    tree with the exact rule or the paper's."""
+    if s.sampling.greedy:
+        return greedy_tree_walk(tree, tokens, torch.argmax(node_logits, dim=-1).tolist())
+    if rule == "exact":
+        return exact_tree_walk(tree, tokens, partial(_target_probs_at, node_logits, s.sampling), s.generator)
+    return paper_tree_walk(tree, tokens, target_probs(node_logits, s.sampling), s.generator)
+
+
+def _target_probs_at(node_logits: torch.Tensor, sampling: SamplingParams, node: int) -> torch.Tensor:
+    return target_probs(node_logits[node], sampling)
+
+
 def verify_tree(
     s: DecodeSession, t1: int, draft_logits: torch.Tensor, tree: DraftTree, rule: str
 ) -> tuple[list[int], int]:
     """Sampling verification of a candidate tree in one pass (tree mask, tree position ids)."""
-    top = torch.topk(draft_logits[: tree.depth], tree.max_width, dim=-1).indices.tolist()
-    tokens = [t1] + [top[d - 1][r] for d, r in zip(tree.node_depth.tolist()[1:], tree.node_rank[1:], strict=True)]
+    tokens = tree_tokens(tree, t1, draft_logits)
     prefix = s.cache_length
     logits = s.forward(tokens, positions=prefix + tree.node_depth, allowed=tree.ancestor_mask)
-    if rule == "exact":
-        path, bonus = exact_tree_walk(tree, tokens, lambda n: target_probs(logits[n], s.sampling), s.generator)
-    else:
-        path, bonus = paper_tree_walk(tree, tokens, target_probs(logits, s.sampling), s.generator)
+    path, bonus = walk_tree(s, tree, tokens, logits, rule)
     hf_compat.keep_cache_positions(s.cache, prefix, torch.tensor([0, *path]))  # t1 and the accepted path
     return [tokens[n] for n in path], bonus
 
