@@ -125,9 +125,10 @@ def _result_files(out: Path) -> list[Path]:
     return [out / "results.jsonl", *sorted(out.glob("results.rank*.jsonl"))]
 
 
-def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> None:
-    """Check the output directory; with --resume, check the configuration and drop a record cut by a
-    kill mid-write from the end of each results file (so that its unit runs again)."""
+def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
+    """Check the output directory; with --resume, check the configuration, drop a record cut by a
+    kill mid-write from the end of each results file (so that its unit runs again) and return the
+    records already there."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -139,16 +140,17 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> None:
     if not resume:
         if files:
             raise HarnessError(f"{files[0]} already has results: pass --resume to continue it, or choose another --out")
-        return
+        return []
     run_json = out / "run.json"
     if not run_json.exists():
-        return
+        return []
     previous = json.loads(run_json.read_text()).get("config", {})
     if previous != cfg.identity():
         diff = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
         raise HarnessError(
             f"--resume: {out / 'results.jsonl'} comes from another configuration (differs in {', '.join(diff)})"
         )
+    previous = []
     for path in files:
         lines = path.read_text().splitlines()
         kept = []
@@ -159,7 +161,16 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> None:
             elif n != len(lines):
                 raise HarnessError(f"{path}:{n}: malformed record")
         if len(kept) != len(lines):
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            _write_records(path, kept)
+        previous += kept
+    return previous
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    """Replace a results file atomically: a kill leaves the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, path)
 
 
 def _read_records(out: Path) -> list[dict]:
@@ -179,10 +190,7 @@ def _merge(out: Path, units: list[WorkUnit]) -> None:
     by_key: dict = {}
     for record in _read_records(out):
         by_key.setdefault(record_key(record), record)
-    merged = sorted(by_key.values(), key=lambda r: order.get(record_key(r), len(order)))
-    tmp = out / "results.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in merged))
-    os.replace(tmp, out / "results.jsonl")
+    _write_records(out / "results.jsonl", sorted(by_key.values(), key=lambda r: order.get(record_key(r), len(order))))
     for shard in shards:
         shard.unlink()
 
@@ -212,10 +220,10 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     for task in cfg.tasks:
         get_task(task)  # unknown task: one-line error before anything is written
     shard = current_shard(cpu=cfg.device == "cpu")
-    if shard.is_main:
-        _prepare_out(out, cfg, resume)
-    shard.wait()
-    previous = _read_records(out)
+    previous = _prepare_out(out, cfg, resume) if shard.is_main else None
+    shard.wait()  # the others read what the main process checked and repaired
+    if previous is None:
+        previous = _read_records(out)
     device = shard.device(cfg.device)
     lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens)
     draft = load_model(cfg.draft_model, device, cfg.dtype) if cfg.draft_model else None
@@ -310,17 +318,12 @@ def score(out_dir: str, workers: int, data_dir: str | None = None, progress: boo
     --allow-code-execution, say) and rewrite ``results.jsonl`` atomically; returns how many were scored."""
     from tqdm import tqdm
 
+    from harness.report import load_run
     from harness.scoring import judge_many
     from harness.tasks import load_problems
 
     out = Path(out_dir)
-    results = out / "results.jsonl"
-    if not results.exists():
-        raise HarnessError(f"{out}: no results.jsonl (not a run directory?)")
-    info = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    records = [_parse_record(line) for line in results.read_text().splitlines() if line.strip()]
-    if any(r is None for r in records):
-        raise HarnessError(f"{results}: malformed record")
+    records, info = load_run(out)
     todo = [r for r in records if r.get("passed") is None]
     if data_dir is None and info.get("data_dir") and Path(info["data_dir"]).is_dir():
         data_dir = info["data_dir"]  # else $SDSAT_DATA_DIR, as everywhere
@@ -333,7 +336,5 @@ def score(out_dir: str, workers: int, data_dir: str | None = None, progress: boo
                               progress=bar.update)  # fmt: skip
     for record, verdict in zip(todo, verdicts, strict=True):
         record["passed"], record["status"] = verdict.status == "passed", verdict.status
-    tmp = results.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, results)
+    _write_records(out / "results.jsonl", records)
     return len(todo)
