@@ -205,12 +205,11 @@ def _run_settings(args) -> dict:
     from harness.tasks import get_suite, resolve_data_dir
 
     suite = get_suite(args.suite, with_data=resolve_data_dir(args.data_dir) is not None) if args.suite else {}
-    names = {"k": "k", "temperature": "temperature"}
-    settings = {"tasks": args.tasks or ",".join(suite["tasks"])}
+    settings = {"tasks": args.tasks or ",".join(suite["tasks"]), "models": suite.get("models")}
     for key, default in RUN_DEFAULTS.items():
         value = getattr(args, key)
         if value is None:
-            value = suite.get(names.get(key, key), default)
+            value = suite.get(key, default)
         settings[key] = ",".join(map(str, value)) if isinstance(value, list) else value
     return settings
 
@@ -219,7 +218,6 @@ def _cmd_run(args) -> int:
     from harness.decoding import DECODERS
     from harness.report import render
     from harness.runner import RunConfig, run
-    from harness.tasks import get_suite, resolve_data_dir
 
     opts = _run_settings(args)
     decoders = tuple(opts["decoders"].split(","))
@@ -230,12 +228,9 @@ def _cmd_run(args) -> int:
         temperatures = tuple(float(t) for t in str(opts["temperature"]).split(","))
     except ValueError:
         raise HarnessError(f"--temperature: expected comma-separated numbers, got '{opts['temperature']}'") from None
-    models = [args.model]
-    if args.model is None:
-        suite = get_suite(args.suite, resolve_data_dir(args.data_dir) is not None) if args.suite else {}
-        if "models" not in suite:
-            raise HarnessError("--model is required (only a suite that lists models runs without it)")
-        models = list(suite["models"])
+    models = [args.model] if args.model else opts["models"]
+    if not models:
+        raise HarnessError("--model is required (only a suite that lists models runs without it)")
     out_dirs = []
     for model in models:
         out = Path(args.out) if len(models) == 1 else Path(args.out) / Path(model).name
