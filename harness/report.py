@@ -60,19 +60,31 @@ def _mean_ci(values: pd.Series) -> tuple[float, float]:
     return float(v.mean()), float(half)
 
 
-def _figure(plt, n_panels: int):
-    fig, axes = plt.subplots(1, n_panels, figsize=(4.6 * n_panels, 3.6), squeeze=False)
-    return fig, axes[0]
-
-
-def plot_vs_k(df: pd.DataFrame, metric: str, ylabel: str, out: Path) -> Path | None:
-    """The paper's Figures 3 and 4: ``metric`` against k, a line per task with a 95% band over
-    problems, a panel per sampling setting. k = 0 is the AR decoder (tokens/s only)."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend, imported when a figure is first drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure(n_panels: int):
+    fig, axes = _pyplot().subplots(1, n_panels, figsize=(4.6 * n_panels, 3.6), squeeze=False)
+    return fig, axes[0]
+
+
+def _save(fig, out: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    _pyplot().close(fig)
+    return out
+
+
+def plot_vs_k(df: pd.DataFrame, metric: str, ylabel: str, out: Path) -> Path | None:
+    """The paper's Figures 3 and 4: ``metric`` against k, a line per task with a 95% band over
+    problems, a panel per sampling setting. k = 0 is the AR decoder (tokens/s only)."""
     rows = df[df.decoder.isin(["sdsat"]) | ((df.decoder == "ar") & (metric == "tokens_per_s"))]
     rows = rows[rows[metric].notna()]
     if rows.empty:
@@ -80,7 +92,7 @@ def plot_vs_k(df: pd.DataFrame, metric: str, ylabel: str, out: Path) -> Path | N
     settings = sorted(rows[rows.decoder == "sdsat"].groupby(["temperature", "accept"]).groups)
     if not settings:
         return None
-    fig, axes = _figure(plt, len(settings))
+    fig, axes = _figure(len(settings))
     for ax, (temp, accept) in zip(axes, settings, strict=True):
         panel = rows[(rows.temperature == temp) & ((rows.accept == accept) | (rows.decoder == "ar"))]
         for task, g in panel.groupby("task"):
@@ -91,27 +103,19 @@ def plot_vs_k(df: pd.DataFrame, metric: str, ylabel: str, out: Path) -> Path | N
         ax.set(title=_setting(temp, accept), xlabel="k (adaptive tokens per loop; 0 = AR)", ylabel=ylabel)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_speedup(table: pd.DataFrame, out: Path) -> Path | None:
     """Paired speedup over AR (geometric mean, 95% interval) by task and decoder, at each decoder's
     best k."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = table[(table.decoder != "ar") & table.speedup.notna()]
     if rows.empty:
         return None
     best = rows.loc[rows.groupby(["task", "decoder", "temperature", "accept"], dropna=False).speedup.idxmax()]
     tasks = list(dict.fromkeys(best.task))
     series = sorted(set(zip(best.decoder, best.temperature, best.accept, strict=True)), key=str)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * len(tasks) * len(series)), 3.8))
+    fig, ax = _pyplot().subplots(figsize=(max(5.0, 0.6 * len(tasks) * len(series)), 3.8))
     width = 0.8 / len(series)
     for i, (decoder, temp, accept) in enumerate(series):
         sub = best[(best.decoder == decoder) & (best.temperature == temp) & (best.accept == accept)]
@@ -130,34 +134,23 @@ def plot_speedup(table: pd.DataFrame, out: Path) -> Path | None:
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="tokens/s over AR (paired, 95% CI)", title="speedup over AR at the best k")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_pass_at_k(comparison: pd.DataFrame, out: Path) -> Path | None:
     """pass@k of several runs (e.g. base vs SDSAT model) side by side, per task: the paper's accuracy
     tables as a figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     cols = [c for c in ("pass@1", "pass@10") if c in comparison.columns and comparison[c].notna().any()]
     if not cols:
         return None
-    fig, axes = _figure(plt, len(cols))
+    fig, axes = _figure(len(cols))
     for ax, col in zip(axes, cols, strict=True):
         sub = comparison[comparison[col].notna()]
         pivot = sub.pivot_table(index="task", columns="run", values=col, aggfunc="max")
         pivot.plot.bar(ax=ax, rot=30, fontsize=8)
         ax.set(title=col, ylabel=col, xlabel="")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def compare_runs(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
