@@ -30,6 +30,13 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default fp32)")
     p.add_argument(
+        "--engine",
+        default="eager",
+        choices=("eager", "static", "compile"),
+        help="forward passes of ar/sdsat/sdsat-fused: eager (dynamic KV cache, default) | static (pre-allocated "
+        "KV cache) | compile (static + torch.compile; CUDA graphs on a GPU)",
+    )
+    p.add_argument(
         "--adaptive-tokens",
         default=None,
         metavar="ID[,ID...]",
@@ -143,6 +150,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch and process")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="train every model stage for exactly this many optimiser steps (default: for --*-minutes)",
+    )
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
+                   help="training precision on a GPU: bf16 autocast (default) or fp32")  # fmt: skip
     p.add_argument("--max-k", type=int, default=15)
     p.add_argument("--repeated-adaptive", action="store_true", help="one adaptive id for every offset")
     p.add_argument("--pretrain-minutes", type=float, default=4.5)
@@ -186,7 +201,8 @@ def _cmd_train(args) -> int:
         heads=args.heads, intermediate=args.intermediate, seq_len=args.seq_len, batch_size=args.batch_size,
         max_k=args.max_k, repeated_adaptive=args.repeated_adaptive, pretrain_minutes=args.pretrain_minutes,
         sdsat_minutes=args.sdsat_minutes, draft_minutes=args.draft_minutes, sdsat_lr=args.sdsat_lr,
-        adaptive_weight=args.adaptive_weight, grad_accum=args.grad_accum,
+        adaptive_weight=args.adaptive_weight, grad_accum=args.grad_accum, max_steps=args.max_steps,
+        bf16=args.precision == "bf16",
         eval_prompts=args.eval_prompts, distill=args.targets == "distill", compare_minutes=args.compare_minutes,
     )  # fmt: skip
     run(cfg, tuple(args.stages.split(",")))
@@ -240,6 +256,7 @@ def _cmd_run(args) -> int:
             n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"],
             device=args.device, dtype=args.dtype, seed=args.seed, data_dir=args.data_dir,
             adaptive_tokens=args.adaptive_tokens, draft_model=opts["draft_model"], groups=opts["groups"],
+            engine=args.engine,
             allow_code_execution=args.allow_code_execution,
         )  # fmt: skip
         if run(cfg, str(out), resume=args.resume) is None:
@@ -354,11 +371,13 @@ def _cmd_decode(args) -> int:
 
     if not args.prompt:
         raise HarnessError("empty prompt: --prompt needs some text")
-    lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens)
+    lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens, engine=args.engine)
     draft = load_model(args.draft_model, args.device, args.dtype) if args.draft_model else None
     decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft,
                            groups=args.groups)  # fmt: skip
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
+    if hasattr(decoder, "block_sizes"):
+        lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)
     prompt_ids = encode_prompt(lm.tokenizer, args.prompt)
     warmup = args.warmup if args.warmup is not None else (1 if lm.device.type == "cuda" else 0)

@@ -12,43 +12,201 @@ Tested against transformers 5.17 (the GPU image) and 5.23 (the CPU machine). Con
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, StaticCache
+
+ENGINES = ("eager", "static", "compile")
+CAPACITY_STEP = 512  # a static cache grows in these steps (every growth recompiles the decode step)
 
 
-def new_cache(model: PreTrainedModel) -> DynamicCache:
-    return DynamicCache(config=model.config)
+class KVCache:
+    """A transformers cache plus its length, kept on the host: reading a static cache's length would
+    wait for the device, and every decoder knows how many positions it wrote and kept.
+
+    ``capacity`` is None for a ``DynamicCache`` (it grows and shrinks with the sequence) and the
+    pre-allocated length of a ``StaticCache``, whose write pointer (``cumulative_length`` per layer)
+    we move back on a crop; positions past it hold stale entries that every mask hides."""
+
+    def __init__(self, cache: DynamicCache | StaticCache, capacity: int | None):
+        self.hf = cache
+        self.capacity = capacity
+        self.length = 0
+
+    @property
+    def static(self) -> bool:
+        return self.capacity is not None
+
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions of every layer."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} positions to {length}")
+        if not self.static and length < self.length:
+            self.hf.crop(length - self.length)
+        self._set_length(length)
+
+    def keep(self, prefix: int, tail_offsets: torch.Tensor) -> None:
+        """Keep positions ``[0, prefix)`` plus ``prefix + tail_offsets`` (in that order), drop the rest.
+
+        Used after tree verification, where the accepted path is not a contiguous block of the
+        verified nodes. A contiguous tail is turned into a cheaper crop."""
+        n = int(tail_offsets.numel())
+        if n == 0 or torch.equal(tail_offsets.cpu(), torch.arange(n)):
+            self.crop(prefix + n)
+            return
+        for layer in self.hf.layers:
+            if getattr(layer, "keys", None) is None:
+                continue
+            index = (prefix + tail_offsets).to(layer.keys.device)
+            if self.static:  # in place: the buffers' addresses are baked into compiled graphs
+                layer.keys[..., prefix : prefix + n, :] = layer.keys.index_select(-2, index)
+                layer.values[..., prefix : prefix + n, :] = layer.values.index_select(-2, index)
+            else:
+                layer.keys = torch.cat([layer.keys[..., :prefix, :], layer.keys.index_select(-2, index)], dim=-2)
+                layer.values = torch.cat([layer.values[..., :prefix, :], layer.values.index_select(-2, index)], dim=-2)
+        self._set_length(prefix + n)
+
+    def _set_length(self, length: int) -> None:
+        if self.static:  # move every layer's write pointer (an in-place fill: no device sync)
+            for layer in self.hf.layers:
+                if layer.is_initialized:
+                    layer.cumulative_length.fill_(length)
+        self.length = length
 
 
-def cache_length(cache: DynamicCache) -> int:
-    return int(cache.get_seq_length())
+class DecodeEngine:
+    """How our decoders' forward passes run, shared by ``ar``, ``sdsat`` and ``sdsat-fused``.
 
-
-def crop_cache(cache: DynamicCache, length: int) -> None:
-    """Keep the first ``length`` positions of every layer."""
-    excess = cache_length(cache) - length
-    if excess < 0:
-        raise ValueError(f"cannot crop a cache of {cache_length(cache)} positions to {length}")
-    if excess:
-        cache.crop(-excess)
-
-
-def keep_cache_positions(cache: DynamicCache, prefix: int, tail_offsets: torch.Tensor) -> None:
-    """Keep positions ``[0, prefix)`` plus ``prefix + tail_offsets`` (in that order), drop the rest.
-
-    Used after tree verification, where the accepted path is not a contiguous block of the
-    verified nodes. A contiguous tail is turned into a cheaper crop.
+    - ``eager``: a fresh ``DynamicCache`` per generation, the model called directly (CPU default).
+    - ``static``: one pre-allocated ``StaticCache`` reused by every generation; masks span its whole
+      capacity, so every decode pass of one block size has the same shapes.
+    - ``compile``: ``static`` plus a ``torch.compile``d decode step (mode ``reduce-overhead``, i.e.
+      CUDA graphs, on a GPU), as pytorch-labs/gpt-fast does. One graph per block size; prefill
+      stays eager because prompt lengths vary. :meth:`warm_up` compiles the block sizes a decoder
+      will use, so that compilation never lands inside a timed generation.
     """
-    n = int(tail_offsets.numel())
-    if n == 0 or torch.equal(tail_offsets.cpu(), torch.arange(n)):
-        crop_cache(cache, prefix + n)
-        return
-    for layer in cache.layers:
-        if getattr(layer, "keys", None) is None:
-            continue
-        index = (prefix + tail_offsets).to(layer.keys.device)
-        layer.keys = torch.cat([layer.keys[..., :prefix, :], layer.keys.index_select(-2, index)], dim=-2)
-        layer.values = torch.cat([layer.values[..., :prefix, :], layer.values.index_select(-2, index)], dim=-2)
+
+    def __init__(self, model: PreTrainedModel, mode: str = "eager", backend: str = "inductor"):
+        if mode not in ENGINES:
+            raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got '{mode}'")
+        self.model = model
+        self.mode = mode
+        self._static: KVCache | None = None
+        self._step = None
+        self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block layouts, copied once
+        self._causal_layouts: dict[int, torch.Tensor] = {}
+        if mode == "compile":
+            # A sweep over k compiles a graph per block size; the default limit (8) would silently
+            # fall back to eager mode after the eighth.
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+            on_gpu = next(model.parameters()).device.type == "cuda"
+            self._step = torch.compile(
+                model.forward,
+                backend=backend,
+                mode="reduce-overhead" if on_gpu and backend == "inductor" else None,
+                fullgraph=True,
+                dynamic=False,
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def new_cache(self, needed: int) -> KVCache:
+        """An empty cache with room for ``needed`` positions (the static one is reused)."""
+        if self.mode == "eager":
+            return KVCache(DynamicCache(config=self.model.config), None)
+        if self._static is None or self._static.capacity < needed:
+            capacity = -(-needed // CAPACITY_STEP) * CAPACITY_STEP
+            self._static = KVCache(StaticCache(config=self.model.config, max_cache_len=capacity), capacity)
+        self._static._set_length(0)
+        return self._static
+
+    def reserve(self, needed: int) -> None:
+        """Allocate the static cache once for a whole run (a later growth would recompile)."""
+        if self.mode != "eager":
+            self.new_cache(needed)
+
+    def mask(self, cache: KVCache, allowed: torch.Tensor | None) -> torch.Tensor | None:
+        """The additive mask of one pass: the cached prefix is visible, ``allowed`` (q x q bool)
+        restricts attention inside the block, and a static cache's unused positions are hidden.
+        None (plain causal attention, built by transformers) where that is exact."""
+        if allowed is None and not cache.static:
+            return None
+        base = cache.length
+        block = self._block_layout(allowed)
+        q = block.shape[0]
+        width = cache.capacity if cache.static else base + q
+        full = torch.zeros(q, width, dtype=torch.bool, device=self.device)
+        full[:, :base] = True
+        full[:, base : base + q] = block
+        return additive_mask(full, self.model.dtype)
+
+    def _block_layout(self, allowed: torch.Tensor) -> torch.Tensor:
+        """``allowed`` on the model's device; decoders reuse a few layouts, so each is copied once."""
+        if allowed.device == self.device:
+            return allowed
+        hit = self._on_device.get(id(allowed))
+        if hit is None or hit[0] is not allowed:
+            hit = self._on_device[id(allowed)] = (allowed, allowed.to(self.device))
+        return hit[1]
+
+    @torch.no_grad()  # not inference_mode: the static cache's buffers are later updated in place
+    def forward(
+        self,
+        cache: KVCache,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
+        prefill: bool = False,
+    ) -> torch.Tensor:
+        """One pass over ``input_ids`` (1, q) appended to ``cache``; logits (seq, vocab) of the last
+        ``logits_to_keep`` positions (0 = all). ``allowed``: (q, q) bool visibility inside the block,
+        None for causal. Prefill passes run eagerly."""
+        q = input_ids.shape[1]
+        if cache.static and cache.length + q > cache.capacity:
+            raise ValueError(f"static cache of {cache.capacity} positions cannot take {cache.length + q}")
+        if allowed is None and cache.static:
+            allowed = self._causal(q)
+        mask = self.mask(cache, allowed)
+        compiled = self._step is not None and not prefill
+        if compiled and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        out = (self._step if compiled else self.model)(
+            input_ids=input_ids,
+            position_ids=position_ids,
+            past_key_values=cache.hf,
+            attention_mask=mask,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+        )
+        cache.length += q
+        # A CUDA graph's output buffer is overwritten by its next replay: callers keep logits
+        # (drafts) across passes, so they get their own copy.
+        return out.logits[0].clone() if compiled else out.logits[0]
+
+    def _causal(self, q: int) -> torch.Tensor:
+        layout = self._causal_layouts.get(q)
+        if layout is None:
+            layout = torch.tril(torch.ones(q, q, dtype=torch.bool, device=self.device))
+            if q <= 256:  # decode blocks recur; prompt lengths (prefill) need not be kept
+                self._causal_layouts[q] = layout
+        return layout
+
+    def warm_up(self, block_sizes: Sequence[int], prompt_length: int = 8) -> None:
+        """Compile (and record the CUDA graph of) every block size before timed work."""
+        if self._step is None:
+            return
+        device = self.device
+        for q in sorted(set(block_sizes)):
+            for _ in range(3):  # cudagraph trees run once eagerly, then record, then replay
+                cache = self.new_cache(prompt_length + q)
+                ids = torch.zeros(1, prompt_length, dtype=torch.long, device=device)
+                self.forward(cache, ids, torch.arange(prompt_length, device=device)[None], prefill=True)
+                block = torch.zeros(1, q, dtype=torch.long, device=device)
+                self.forward(cache, block, torch.arange(prompt_length, prompt_length + q, device=device)[None])
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -56,29 +214,6 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[None, None]
-
-
-@torch.inference_mode()
-def forward(
-    model: PreTrainedModel,
-    input_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    cache: DynamicCache,
-    attention_mask: torch.Tensor | None = None,
-    logits_to_keep: int = 0,
-) -> torch.Tensor:
-    """One forward pass that appends to ``cache``; returns logits (seq, vocab) for the last
-    ``logits_to_keep`` positions (0 = all). ``attention_mask``: None for plain causal attention
-    over cache + input, or a (1, 1, q, kv) additive mask from :func:`additive_mask`."""
-    out = model(
-        input_ids=input_ids,
-        position_ids=position_ids,
-        past_key_values=cache,
-        attention_mask=attention_mask,
-        use_cache=True,
-        logits_to_keep=logits_to_keep,
-    )
-    return out.logits[0]
 
 
 def synchronize(device: torch.device) -> None:

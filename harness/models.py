@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from harness import hf_compat
 from harness.errors import HarnessError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +72,11 @@ class LoadedModel:
     fim: FimSpec | None
     device: torch.device
     dtype: torch.dtype
+    engine: hf_compat.DecodeEngine | None = None  # how our decoders run forward passes; eager if None
+
+    def __post_init__(self) -> None:
+        if self.engine is None:
+            self.engine = hf_compat.DecodeEngine(self.model)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -157,9 +163,12 @@ def load_model(
     dtype: str = "fp32",
     adaptive_tokens: str | None = None,
     attn_implementation: str = "sdpa",
+    engine: str = "eager",
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if engine not in hf_compat.ENGINES:
+        raise HarnessError(f"--engine: expected one of {', '.join(hf_compat.ENGINES)}, got '{engine}'")
     if dtype not in DTYPES:
         raise HarnessError(f"--dtype: expected one of {', '.join(DTYPES)}, got '{dtype}'")
     torch_device = resolve_device(device)
@@ -184,6 +193,7 @@ def load_model(
         fim=fim_from_tokenizer(tokenizer),
         device=torch_device,
         dtype=DTYPES[dtype],
+        engine=hf_compat.DecodeEngine(model, engine),
     )
 
 

@@ -36,6 +36,7 @@ class RunConfig:
     adaptive_tokens: str | None = None
     draft_model: str | None = None  # hf-assisted's draft model
     groups: str = "all"  # sdsat-fused's group policy: all, or comma-separated acceptance lengths
+    engine: str = "eager"  # how ar/sdsat/sdsat-fused run passes: eager | static (KV cache) | compile
     fim_order: str = "psm"
     allow_code_execution: bool = False
 
@@ -204,6 +205,18 @@ def _parse_record(line: str) -> dict | None:
         return None
 
 
+def warm_up(lm, decoder, sampling) -> None:
+    """Compile the decoder's block sizes (engine ``compile``) and, on a GPU, run one short untimed
+    generation, so that kernel selection and the allocator warm up outside the timed records."""
+    from harness.decoding import StopCondition
+    from harness.models import encode_prompt
+
+    if hasattr(decoder, "block_sizes"):
+        lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
+    if lm.device.type == "cuda":
+        decoder.generate(encode_prompt(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
+
+
 def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = True) -> Path | None:
     """Run every work unit not yet in ``out_dir``. Under ``accelerate launch`` each process takes
     every N-th problem, appends to its own shard, and the main process merges the shards into
@@ -225,7 +238,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     if previous is None:
         previous = _read_records(out)
     device = shard.device(cfg.device)
-    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens)
+    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, engine=cfg.engine)
     draft = load_model(cfg.draft_model, device, cfg.dtype) if cfg.draft_model else None
     if "hf-assisted" in cfg.decoders and draft is None:
         raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
@@ -256,6 +269,23 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     my_units = plan(cfg, mine)
     todo = [u for u in my_units if u.key not in done]
     decoders: dict = {}
+    for unit in todo:
+        dkey = (unit.decoder, unit.k, unit.accept)
+        if dkey not in decoders:
+            accept = "exact" if unit.accept == "-" else unit.accept
+            decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft,
+                                          groups=cfg.groups)  # fmt: skip
+    prompts = {}
+    for t, ps in mine.items():
+        for p in ps:
+            prompt = build_prompt(p, lm.fim, cfg.fim_order)
+            # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
+            prompts[(t, p.problem_id)] = encode_prompt(lm.tokenizer, prompt.rstrip() if p.suffix is None else prompt)
+    modes = {t <= 0 for t in cfg.temperatures}  # greedy and/or sampling
+    blocks = [b for d in decoders.values() if hasattr(d, "block_sizes") for g in modes for b in d.block_sizes(g)]
+    # One static cache for the whole run: a later growth would recompile every compiled block size.
+    lm.engine.reserve(max(map(len, prompts.values()), default=0) + cfg.max_new_tokens + max(blocks, default=1))
+    warmed: set = set()
     desc = "sdsat-bench run" + (f" [process 0 of {shard.count}]" if shard.count > 1 else "")
     with open(results, "a") as f, tqdm(total=len(my_units), initial=len(my_units) - len(todo), desc=desc, unit="gen",
                                         disable=not progress or not shard.is_main, file=sys.stderr) as bar:  # fmt: skip
@@ -263,16 +293,10 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             problem = by_id[(unit.task, unit.problem_id)]
             task = get_task(unit.task)
             dkey = (unit.decoder, unit.k, unit.accept)
-            if dkey not in decoders:
-                accept = "exact" if unit.accept == "-" else unit.accept
-                decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft,
-                                              groups=cfg.groups)  # fmt: skip
-                if lm.device.type == "cuda":  # kernels and allocator warm up outside the timed records
-                    warm_ids = encode_prompt(lm.tokenizer, "def warm_up(x):")
-                    decoders[dkey].generate(warm_ids, StopCondition(16), SamplingParams(unit.temperature, seed=0))
-            prompt = build_prompt(problem, lm.fim, cfg.fim_order)
-            # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
-            ids = encode_prompt(lm.tokenizer, prompt.rstrip() if problem.suffix is None else prompt)
+            if (dkey, unit.temperature) not in warmed:  # compilation and warm-up stay outside the timed records
+                warmed.add((dkey, unit.temperature))
+                warm_up(lm, decoders[dkey], SamplingParams(unit.temperature, seed=0))
+            ids = prompts[(unit.task, unit.problem_id)]
             stop = StopCondition(cfg.max_new_tokens, problem.stop,
                                  stop_token_ids(problem, lm.tokenizer, lm.fim, lm.eos_token_ids))  # fmt: skip
             seed = int(hashlib.sha256(repr((cfg.seed, *unit.key)).encode()).hexdigest()[:8], 16)

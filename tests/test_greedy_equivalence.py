@@ -66,3 +66,31 @@ def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():
         make_decoder("hf-assisted", lm)
     with pytest.raises(HarnessError, match="another vocabulary"):
         make_decoder("hf-assisted", lm, draft=make_lm(seed=6, alphabet="xyz"))
+
+
+@pytest.mark.parametrize(
+    "mode,backend,temperatures",
+    [("static", "inductor", (0.0, 0.8)), ("compile", "eager", (0.0, 0.8)), ("compile", "inductor", (0.0,))],
+)
+def test_engines_decode_the_same_tokens(mode, backend, temperatures):
+    """A static KV cache and a compiled decode step change nothing: every decoder emits eager mode's
+    tokens, and after the engine's warm-up no generation compiles anything (backend 'eager' traces the
+    graph as torch.compile does without generating code; 'inductor' also compiles it)."""
+    from torch._dynamo.utils import counters
+
+    from harness import hf_compat
+
+    lm = make_lm(seed=1, init_range=0.5)
+    ids = prompt_ids(lm, "def f(a):\n")
+    stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
+    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2)]
+    runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
+    expected = [make_decoder(n, lm, k=k).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
+    lm.engine = hf_compat.DecodeEngine(lm.model, mode, backend=backend)
+    decoders = {(n, k): make_decoder(n, lm, k=k) for n, k in cases}
+    for d in decoders.values():
+        lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
+    compiled = counters["stats"]["unique_graphs"]
+    got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
+    assert got == expected
+    assert counters["stats"]["unique_graphs"] == compiled, "a generation compiled a graph: warm-up missed a shape"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from harness import hf_compat
@@ -14,38 +15,50 @@ def _logits(model, ids):
         return model(torch.tensor([ids])).logits[0]
 
 
-def _prefilled(lm, ids):
-    cache = hf_compat.new_cache(lm.model)
-    hf_compat.forward(lm.model, torch.tensor([ids]), torch.arange(len(ids))[None], cache)
+ENGINES = ("eager", "static")  # compile runs the same cache code inside a graph (test_greedy_equivalence)
+
+
+def _prefilled(engine, ids):
+    cache = engine.new_cache(64)
+    engine.forward(cache, torch.tensor([ids]), torch.arange(len(ids))[None], prefill=True)
     return cache
 
 
-def test_crop_then_continue_matches_fresh_forward():
+@pytest.mark.parametrize("mode", ENGINES)
+def test_crop_then_continue_matches_fresh_forward(mode):
     lm = make_lm(seed=0)
+    engine = hf_compat.DecodeEngine(lm.model, mode)
     ids = [0, 23, 24, 25, 26, 27]
-    cache = _prefilled(lm, [*ids, 30, 31, 32])
-    hf_compat.crop_cache(cache, len(ids))
-    assert hf_compat.cache_length(cache) == len(ids)
-    got = hf_compat.forward(lm.model, torch.tensor([[28]]), torch.tensor([[len(ids)]]), cache)
+    cache = _prefilled(engine, [*ids, 30, 31, 32])
+    cache.crop(len(ids))
+    assert cache.length == len(ids)
+    got = engine.forward(cache, torch.tensor([[28]]), torch.tensor([[len(ids)]]))
     torch.testing.assert_close(got[-1], _logits(lm.model, [*ids, 28])[-1])
 
 
-def test_tree_mask_and_positions_match_per_path_forwards():
+def test_static_cache_is_reused_and_hides_a_previous_generation():
+    """The engine hands out one static cache; what an earlier, longer sequence left behind must not
+    leak into the next one (the mask spans the whole capacity)."""
+    lm = make_lm(seed=7)
+    engine = hf_compat.DecodeEngine(lm.model, "static")
+    first = _prefilled(engine, [0, 25, 26, 27, 28, 29, 30, 31])
+    second = _prefilled(engine, [0, 23])
+    assert second is first and second.length == 2 and second.capacity == hf_compat.CAPACITY_STEP
+    got = engine.forward(second, torch.tensor([[24, 25]]), torch.tensor([[2, 3]]))
+    torch.testing.assert_close(got, _logits(lm.model, [0, 23, 24, 25])[2:])
+    assert engine.new_cache(hf_compat.CAPACITY_STEP + 1).capacity == 2 * hf_compat.CAPACITY_STEP
+
+
+@pytest.mark.parametrize("mode", ENGINES)
+def test_tree_mask_and_positions_match_per_path_forwards(mode):
     """Every node's logits under the tree mask equal a plain causal forward over prefix + its path."""
     lm = make_lm(seed=1)
+    engine = hf_compat.DecodeEngine(lm.model, mode)
     prefix = [0, 23, 24, 25]
     tree = DraftTree.parse(None, 3)
     tokens = [26] + [23 + (n * 7) % 13 for n in range(1, tree.size + 1)]
-    cache = _prefilled(lm, prefix)
-    full = torch.ones(tree.size + 1, len(prefix) + tree.size + 1, dtype=torch.bool)
-    full[:, len(prefix) :] = tree.ancestor_mask
-    logits = hf_compat.forward(
-        lm.model,
-        torch.tensor([tokens]),
-        (len(prefix) + tree.node_depth)[None],
-        cache,
-        hf_compat.additive_mask(full, lm.dtype),
-    )
+    cache = _prefilled(engine, prefix)
+    logits = engine.forward(cache, torch.tensor([tokens]), (len(prefix) + tree.node_depth)[None], tree.ancestor_mask)
     for node in range(tree.size + 1):
         path, n = [], node
         while n >= 0:
@@ -54,26 +67,20 @@ def test_tree_mask_and_positions_match_per_path_forwards():
         torch.testing.assert_close(logits[node], _logits(lm.model, prefix + path[::-1])[-1])
 
 
-def test_keep_cache_positions_keeps_an_accepted_tree_path():
+@pytest.mark.parametrize("mode", ENGINES)
+def test_keep_cache_positions_keeps_an_accepted_tree_path(mode):
     lm = make_lm(seed=2)
+    engine = hf_compat.DecodeEngine(lm.model, mode)
     prefix = [0, 23, 24]
     tree = DraftTree.parse(None, 3)
     tokens = [25] + [23 + (n * 5) % 13 for n in range(1, tree.size + 1)]
-    cache = _prefilled(lm, prefix)
-    full = torch.ones(tree.size + 1, len(prefix) + tree.size + 1, dtype=torch.bool)
-    full[:, len(prefix) :] = tree.ancestor_mask
-    hf_compat.forward(
-        lm.model,
-        torch.tensor([tokens]),
-        (len(prefix) + tree.node_depth)[None],
-        cache,
-        hf_compat.additive_mask(full, lm.dtype),
-    )
+    cache = _prefilled(engine, prefix)
+    engine.forward(cache, torch.tensor([tokens]), (len(prefix) + tree.node_depth)[None], tree.ancestor_mask)
     path = tree.leaf_paths[-1]  # a non-contiguous selection
-    hf_compat.keep_cache_positions(cache, len(prefix), torch.tensor([0, *path]))
+    cache.keep(len(prefix), torch.tensor([0, *path]))
     kept = prefix + [tokens[0]] + [tokens[n] for n in path]
-    assert hf_compat.cache_length(cache) == len(kept)
-    got = hf_compat.forward(lm.model, torch.tensor([[30]]), torch.tensor([[len(kept)]]), cache)
+    assert cache.length == len(kept)
+    got = engine.forward(cache, torch.tensor([[30]]), torch.tensor([[len(kept)]]))
     torch.testing.assert_close(got[-1], _logits(lm.model, [*kept, 30])[-1])
 
 
@@ -89,21 +96,12 @@ def test_eager_and_sdpa_agree_on_tree_mask():
     lm = make_lm(seed=3)
     tree = DraftTree.parse(None, 2)
     tokens = [26] + [24] * tree.size
+    engine = hf_compat.DecodeEngine(lm.model)
     outs = []
     for impl in ("sdpa", "eager"):
         lm.model.config._attn_implementation = impl
-        cache = _prefilled(lm, [0, 23])
-        full = torch.ones(tree.size + 1, 2 + tree.size + 1, dtype=torch.bool)
-        full[:, 2:] = tree.ancestor_mask
-        outs.append(
-            hf_compat.forward(
-                lm.model,
-                torch.tensor([tokens]),
-                (2 + tree.node_depth)[None],
-                cache,
-                hf_compat.additive_mask(full, lm.dtype),
-            )
-        )
+        cache = _prefilled(engine, [0, 23])
+        outs.append(engine.forward(cache, torch.tensor([tokens]), (2 + tree.node_depth)[None], tree.ancestor_mask))
     lm.model.config._attn_implementation = "sdpa"
     # eager attention takes its softmax in float32, hence the float32-level tolerance
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)

@@ -22,6 +22,10 @@ class AutoregressiveDecoder:
     def __init__(self, lm: LoadedModel):
         self.lm = lm
 
+    def block_sizes(self, greedy: bool) -> tuple[int, ...]:
+        """Query lengths of the decode passes (what a compiled engine builds a graph for)."""
+        return (1,)
+
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
         s = DecodeSession(self.lm, prompt_ids, stop, sampling)
         s.prefill()

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import hf_compat
 from harness.decoding.acceptance import ACCEPT_RULES
 from harness.decoding.base import Generation, SamplingParams, StopCondition
 from harness.decoding.sdsat import tree_tokens, walk_tree
@@ -118,8 +117,12 @@ class FusedSdsatDecoder:
         }
         self.first = Block.build(ROOT_ONLY, (0,), k)  # no drafts: t0 and its group
 
+    def block_sizes(self, greedy: bool) -> tuple[int, ...]:
+        """Query lengths of the decode passes: the full block and the draft-less first block."""
+        return (len(self.blocks[greedy].offsets), len(self.first.offsets))
+
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
-        s = DecodeSession(self.lm, prompt_ids, stop, sampling)
+        s = DecodeSession(self.lm, prompt_ids, stop, sampling, max_block=max(self.block_sizes(sampling.greedy)))
         draft_logits = s.prefill_with_group(self.adaptive_ids)
         with s.decoding() as t:
             s.emit([s.pending])  # the first new token came from the prefill pass
@@ -136,7 +139,7 @@ class FusedSdsatDecoder:
             prefix = s.cache_length
             logits = s.forward(tokens + self.adaptive_ids * len(block.anchors), prefix + block.offsets, block.allowed)
             path, bonus = walk_tree(s, tree, tokens, logits[: tree.size + 1], self.accept)
-            hf_compat.keep_cache_positions(s.cache, prefix, torch.tensor([0, *path]))  # t0 and the accepted path
+            s.keep(prefix, torch.tensor([0, *path]))  # t0 and the accepted path
             kept = s.emit([tokens[n] for n in path] + [bonus])
             s.pending = bonus
             s.record(drafted=tree.depth, accepted=min(len(path), kept), emitted=kept, forwards=1)

@@ -16,7 +16,6 @@ from functools import partial
 
 import torch
 
-from harness import hf_compat
 from harness.decoding.acceptance import (
     ACCEPT_RULES,
     exact_tree_walk,
@@ -39,7 +38,7 @@ def draft(s: DecodeSession, adaptive_ids: list[int]) -> tuple[int, torch.Tensor]
     """Draft pass: returns the exact next token t1 and the (k, vocab) logits of the adaptive tokens."""
     prefix = s.cache_length
     logits = s.forward([s.pending, *adaptive_ids])
-    hf_compat.crop_cache(s.cache, prefix + 1)  # keep t0, drop the adaptive tokens
+    s.crop(prefix + 1)  # keep t0, drop the adaptive tokens
     return s.choose(logits[0]), logits[1:]
 
 
@@ -49,7 +48,7 @@ def verify_chain(s: DecodeSession, t1: int, draft_logits: torch.Tensor) -> tuple
     prefix = s.cache_length
     predictions = torch.argmax(s.forward([t1, *drafts]), dim=-1).tolist()
     m = greedy_prefix(drafts, predictions)
-    hf_compat.crop_cache(s.cache, prefix + 1 + m)  # keep t1 and the accepted drafts
+    s.crop(prefix + 1 + m)  # keep t1 and the accepted drafts
     return drafts[:m], predictions[m]
 
 
@@ -85,7 +84,7 @@ def verify_tree(
     prefix = s.cache_length
     logits = s.forward(tokens, positions=prefix + tree.node_depth, allowed=tree.ancestor_mask)
     path, bonus = walk_tree(s, tree, tokens, logits, rule)
-    hf_compat.keep_cache_positions(s.cache, prefix, torch.tensor([0, *path]))  # t1 and the accepted path
+    s.keep(prefix, torch.tensor([0, *path]))  # t1 and the accepted path
     return [tokens[n] for n in path], bonus
 
 
@@ -123,8 +122,16 @@ class SdsatDecoder:
             if self.tree.depth > k:
                 raise HarnessError(f"--tree has depth {self.tree.depth}, deeper than k={k}")
 
+    def block_sizes(self, greedy: bool) -> tuple[int, ...]:
+        """Query lengths of the decode passes: the draft pass and the verify pass (chain or tree)."""
+        if self.k == 0:
+            return (1,)
+        if greedy:
+            return (self.k + 1,)
+        return (self.tree.depth + 1, self.tree.size + 1)
+
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
-        s = DecodeSession(self.lm, prompt_ids, stop, sampling)
+        s = DecodeSession(self.lm, prompt_ids, stop, sampling, max_block=max(self.block_sizes(sampling.greedy)))
         s.prefill()
         with s.decoding() as t:
             if self.k == 0:

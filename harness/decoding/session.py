@@ -24,7 +24,14 @@ from harness.models import LoadedModel
 
 
 class DecodeSession:
-    def __init__(self, lm: LoadedModel, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams):
+    def __init__(
+        self,
+        lm: LoadedModel,
+        prompt_ids: Sequence[int],
+        stop: StopCondition,
+        sampling: SamplingParams,
+        max_block: int = 1,
+    ):
         if len(prompt_ids) == 0:
             raise HarnessError("empty prompt: at least one token is needed to decode from")
         if stop.max_new_tokens < 1:
@@ -33,7 +40,8 @@ class DecodeSession:
         self.prompt_ids = list(prompt_ids)
         self.sampling = sampling
         self.generator = make_generator(sampling.seed)
-        self.cache = hf_compat.new_cache(lm.model)
+        # Room for the prompt, every new token and the largest block a pass may append.
+        self.cache = lm.engine.new_cache(len(self.prompt_ids) + stop.max_new_tokens + max_block)
         self.sink = TokenSink(lm.tokenizer, prompt_ids, stop)
         self.stats = Stats()
         # Invariant between loops: the cache holds every token but ``pending``.
@@ -45,13 +53,21 @@ class DecodeSession:
 
     @property
     def cache_length(self) -> int:
-        return hf_compat.cache_length(self.cache)
+        return self.cache.length
+
+    def crop(self, length: int) -> None:
+        """Keep the cache's first ``length`` positions."""
+        self.cache.crop(length)
+
+    def keep(self, prefix: int, tail_offsets: torch.Tensor) -> None:
+        """Keep the cache's first ``prefix`` positions and ``prefix + tail_offsets`` after them."""
+        self.cache.keep(prefix, tail_offsets)
 
     def prefill(self) -> None:
         hf_compat.reset_peak_memory(self.lm.device)
         with Timer(self.lm.device) as t:
             if len(self.prompt_ids) > 1:
-                self._forward(self.prompt_ids[:-1], logits_to_keep=1)
+                self._forward(self.prompt_ids[:-1], logits_to_keep=1, prefill=True)
                 self.stats.prefill_passes += 1
         self.stats.prefill_s = t.seconds
 
@@ -62,28 +78,22 @@ class DecodeSession:
         group's (k, vocab) draft logits. The group's cache entries are dropped."""
         hf_compat.reset_peak_memory(self.lm.device)
         with Timer(self.lm.device) as t:
-            logits = self._forward([*self.prompt_ids, *adaptive_ids], logits_to_keep=len(adaptive_ids) + 1)
-            hf_compat.crop_cache(self.cache, len(self.prompt_ids))
+            logits = self._forward(
+                [*self.prompt_ids, *adaptive_ids], logits_to_keep=len(adaptive_ids) + 1, prefill=True
+            )
+            self.crop(len(self.prompt_ids))
             self.pending = self.choose(logits[0])
             self.stats.prefill_passes += 1
         self.stats.prefill_s = t.seconds
         return logits[1:]
 
-    def _forward(self, tokens, positions=None, allowed=None, logits_to_keep=0) -> torch.Tensor:
+    def _forward(self, tokens, positions=None, allowed=None, logits_to_keep=0, prefill=False) -> torch.Tensor:
         device = self.lm.device
         base = self.cache_length
         ids = torch.as_tensor(tokens, dtype=torch.long, device=device)[None]
         if positions is None:
-            positions = torch.arange(base, base + ids.shape[1], device=device)
-        mask = None
-        if allowed is not None:
-            # Block-local visibility (q x q) plus full visibility of the cached prefix.
-            full = torch.ones(allowed.shape[0], base + allowed.shape[1], dtype=torch.bool, device=device)
-            full[:, base:] = allowed.to(device)
-            mask = hf_compat.additive_mask(full, self.lm.dtype)
-        return hf_compat.forward(
-            self.lm.model, ids, positions.to(device)[None], self.cache, mask, logits_to_keep=logits_to_keep
-        )
+            positions = torch.arange(base, base + ids.shape[1])
+        return self.lm.engine.forward(self.cache, ids, positions.to(device)[None], allowed, logits_to_keep, prefill)
 
     def forward(
         self, tokens: Sequence[int], positions: torch.Tensor | None = None, allowed: torch.Tensor | None = None
