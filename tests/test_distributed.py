@@ -80,3 +80,26 @@ def test_ddp_training_on_two_processes_keeps_replicas_identical(tmp_path):
     assert ranks[0]["steps"] == ranks[1]["steps"] == 64
     assert ranks[0]["tokens"] == 64 * 2 * 4 * 32 * 2  # steps x micro-batches x batch x seq_len x processes
     assert ranks[0]["checksum"] == pytest.approx(ranks[1]["checksum"], rel=1e-9)
+
+
+def test_recipe_on_two_processes_builds_data_once_and_trains_a_fixed_step_count(tmp_path):
+    """`sdsat-bench train` under accelerate launch: the data stages run on the main process while the
+    other waits, both train (DDP) for exactly --max-steps, the main process saves a loadable checkpoint."""
+    from harness.models import load_model
+    from tests.test_training import HUMANEVAL
+
+    work = tmp_path / "work"
+    root = Path(__file__).resolve().parent.parent / "harness"
+    proc = _launch(["train", "--work", str(work), "--roots", str(root), "--mb", "python=1", "--humaneval",
+                    str(HUMANEVAL), "--stages", "corpus,tokenizer,tokens,pretrain,sdsat", "--vocab-size", "400",
+                    "--hidden", "32", "--layers", "2", "--heads", "2", "--intermediate", "64", "--seq-len", "64",
+                    "--batch-size", "4", "--max-k", "4", "--max-steps", "12"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    timings = json.loads((work / "timings.json").read_text())
+    assert set(timings) == {"corpus", "tokenizer", "tokens", "pretrain", "sdsat"}
+    for name in ("pretrain", "sdsat"):
+        summary = json.loads((work / f"{name}_summary.json").read_text())
+        assert summary["processes"] == 2 and summary["steps"] == 12
+        assert summary["tokens"] == 12 * 4 * 64 * 2  # steps x batch x seq_len x processes
+    assert "heldout_standard_loss" in json.loads((work / "sdsat_summary.json").read_text())["heldout"]
+    assert load_model(str(work / "sdsat")).adaptive.max_k == 4

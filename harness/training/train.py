@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 
 from harness.training.data import sample_windows
 from harness.training.sdsat_batches import IGNORE, build_naive_batch, build_sdsat_batch
@@ -29,7 +29,8 @@ class TrainConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     max_steps: int = 100_000
-    time_budget_s: float = 300.0  # steps are fixed after 20 timed steps to fit this budget
+    # Steps are fixed after 40 timed steps to fit this budget; None trains exactly max_steps.
+    time_budget_s: float | None = 300.0
     n_groups: int = 16  # sdsat: adaptive groups per sequence
     adaptive_weight: float = 1.0  # sdsat: lambda
     distill: bool = False  # sdsat: adaptive targets = the model's own standard distribution at i+j (detached)
@@ -117,8 +118,9 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
             tokens_seen += x.numel() * accelerator.num_processes
         step += 1
         if step == 20:
-            timed_from = time.perf_counter()  # steps 1-20 carry start-up costs: time the next ones
-        if step == 60:
+            # Steps 1-20 carry start-up costs (allocator, kernel selection): time the next ones.
+            timed_from, tokens_at_20 = time.perf_counter(), tokens_seen
+        if step == 60 and cfg.time_budget_s is not None:
             # Fix the number of steps to the time budget now that a step's steady time is known.
             per_step = (time.perf_counter() - timed_from) / 40
             left = cfg.time_budget_s - (time.perf_counter() - start)
@@ -134,10 +136,27 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 print(json.dumps(record), flush=True)
+    accelerator.wait_for_everyone()
+    end = time.perf_counter()
     log.close()
-    model.eval()
-    return accelerator.unwrap_model(model), {"steps": step, "tokens": tokens_seen,
-                                             "seconds": time.perf_counter() - start, "config": asdict(cfg)}  # fmt: skip
+    summary = {"steps": step, "tokens": tokens_seen, "seconds": end - start, "processes": accelerator.num_processes,
+               "distributed_type": str(accelerator.distributed_type), "config": asdict(cfg)}  # fmt: skip
+    if step > 20:  # all processes' tokens per second after the start-up steps
+        summary["steady_tokens_per_s"] = (tokens_seen - tokens_at_20) / (end - timed_from)
+    return _gathered(accelerator, model), summary
+
+
+def _gathered(accelerator: Accelerator, model):
+    """The trained model as one plain module in eval mode: unwrapped from DDP, or, under FSDP, rebuilt
+    on the main process from the gathered full state dict (every process must take part in the
+    gather; the others get their unwrapped shard-holding module)."""
+    full = accelerator.get_state_dict(model)
+    model = accelerator.unwrap_model(model)
+    if accelerator.distributed_type == DistributedType.FSDP and accelerator.is_main_process:
+        plain = type(model)(model.config)
+        plain.load_state_dict(full)
+        model = plain.to(accelerator.device)
+    return model.eval()
 
 
 @torch.no_grad()
