@@ -8,6 +8,9 @@ Tested against transformers 5.17 (the GPU image) and 5.23 (the CPU machine). Con
 - A 4D mask passed as ``attention_mask`` is used as-is. It must be *additive float* (0 = attend,
   dtype-min = masked): a bool mask is silently misread by eager attention. sdpa accepts both.
 - Position ids are passed explicitly; ``cache_position`` is no longer a Llama forward argument.
+- ``StaticCache(config=..., max_cache_len=...)`` layers allocate on their first update, write at
+  their ``cumulative_length`` tensor (advanced in place by every update) and return the whole
+  buffer, so attention spans the capacity and the mask must hide what lies past the pointer.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ class DecodeEngine:
         if self._static is None or self._static.capacity < needed:
             capacity = -(-needed // CAPACITY_STEP) * CAPACITY_STEP
             self._static = KVCache(StaticCache(config=self.model.config, max_cache_len=capacity), capacity)
-        self._static._set_length(0)
+        self._static.crop(0)
         return self._static
 
     def reserve(self, needed: int) -> None:
@@ -131,8 +134,8 @@ class DecodeEngine:
     def mask(self, cache: KVCache, allowed: torch.Tensor | None) -> torch.Tensor | None:
         """The additive mask of one pass: the cached prefix is visible, ``allowed`` (q x q bool)
         restricts attention inside the block, and a static cache's unused positions are hidden.
-        None (plain causal attention, built by transformers) where that is exact."""
-        if allowed is None and not cache.static:
+        ``allowed`` None: plain causal attention, which transformers builds itself (dynamic cache only)."""
+        if allowed is None:
             return None
         base = cache.length
         block = self._block_layout(allowed)
