@@ -37,6 +37,12 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
         "KV cache) | compile (static + torch.compile; CUDA graphs on a GPU)",
     )
     p.add_argument(
+        "--attn-implementation",
+        default="sdpa",
+        choices=("sdpa", "eager"),
+        help="transformers' attention: sdpa (default) | eager (matmul + softmax; fused by --engine compile)",
+    )
+    p.add_argument(
         "--adaptive-tokens",
         default=None,
         metavar="ID[,ID...]",
@@ -256,7 +262,7 @@ def _cmd_run(args) -> int:
             n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"],
             device=args.device, dtype=args.dtype, seed=args.seed, data_dir=args.data_dir,
             adaptive_tokens=args.adaptive_tokens, draft_model=opts["draft_model"], groups=opts["groups"],
-            engine=args.engine,
+            engine=args.engine, attn_implementation=args.attn_implementation,
             allow_code_execution=args.allow_code_execution,
         )  # fmt: skip
         if run(cfg, str(out), resume=args.resume) is None:
@@ -371,8 +377,12 @@ def _cmd_decode(args) -> int:
 
     if not args.prompt:
         raise HarnessError("empty prompt: --prompt needs some text")
-    lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens, engine=args.engine)
-    draft = load_model(args.draft_model, args.device, args.dtype) if args.draft_model else None
+    lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens, args.attn_implementation, args.engine)
+    draft = (
+        load_model(args.draft_model, args.device, args.dtype, attn_implementation=args.attn_implementation)
+        if args.draft_model
+        else None
+    )
     decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft,
                            groups=args.groups)  # fmt: skip
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)

@@ -37,6 +37,7 @@ class RunConfig:
     draft_model: str | None = None  # hf-assisted's draft model
     groups: str = "all"  # sdsat-fused's group policy: all, or comma-separated acceptance lengths
     engine: str = "eager"  # how ar/sdsat/sdsat-fused run passes: eager | static (KV cache) | compile
+    attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa | eager
     fim_order: str = "psm"
     allow_code_execution: bool = False
 
@@ -146,6 +147,8 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
     if not run_json.exists():
         return []
     previous = json.loads(run_json.read_text()).get("config", {})
+    # A run written before a setting existed ran with that setting's default.
+    previous = {**RunConfig(model=cfg.model, tasks=cfg.tasks).identity(), **previous}
     if previous != cfg.identity():
         diff = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
         raise HarnessError(
@@ -238,8 +241,12 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     if previous is None:
         previous = _read_records(out)
     device = shard.device(cfg.device)
-    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, engine=cfg.engine)
-    draft = load_model(cfg.draft_model, device, cfg.dtype) if cfg.draft_model else None
+    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, cfg.attn_implementation, cfg.engine)
+    draft = (
+        load_model(cfg.draft_model, device, cfg.dtype, attn_implementation=cfg.attn_implementation)
+        if cfg.draft_model
+        else None
+    )
     if "hf-assisted" in cfg.decoders and draft is None:
         raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
     if any(d in DECODERS_WITH_K for d in cfg.decoders):

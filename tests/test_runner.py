@@ -88,6 +88,19 @@ def test_resume_with_another_config_is_refused(capsys, tmp_path, tiny_checkpoint
     assert "--resume" in capsys.readouterr().err
 
 
+def test_resume_accepts_a_run_written_before_a_setting_existed(tmp_path, tiny_checkpoint):
+    """A run.json without a later setting (here: engine) ran with its default, so --resume continues it."""
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]) == 0
+    run_json = json.loads((out / "run.json").read_text())
+    del run_json["config"]["engine"]
+    (out / "run.json").write_text(json.dumps(run_json))
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out), "--resume"]) == 0
+    assert (
+        main(["run", "--model", str(tiny_checkpoint), *RUN, "--engine", "static", "--out", str(out), "--resume"]) == 2
+    )
+
+
 @pytest.mark.parametrize("args,message", [
     (["--tasks", "nope"], "unknown task 'nope'"),
     (["--k", "9"], "beyond the model's 4 adaptive tokens"),
