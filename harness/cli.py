@@ -386,8 +386,7 @@ def _cmd_decode(args) -> int:
     decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft,
                            groups=args.groups)  # fmt: skip
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
-    if hasattr(decoder, "block_sizes"):
-        lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
+    lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)
     prompt_ids = encode_prompt(lm.tokenizer, args.prompt)
     warmup = args.warmup if args.warmup is not None else (1 if lm.device.type == "cuda" else 0)

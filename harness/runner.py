@@ -146,11 +146,14 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
     run_json = out / "run.json"
     if not run_json.exists():
         return []
-    previous = json.loads(run_json.read_text()).get("config", {})
     # A run written before a setting existed ran with that setting's default.
-    previous = {**RunConfig(model=cfg.model, tasks=cfg.tasks).identity(), **previous}
-    if previous != cfg.identity():
-        diff = sorted(k for k in set(previous) | set(cfg.identity()) if previous.get(k) != cfg.identity().get(k))
+    written = {
+        **RunConfig(model=cfg.model, tasks=cfg.tasks).identity(),
+        **json.loads(run_json.read_text()).get("config", {}),
+    }
+    current = cfg.identity()
+    if written != current:
+        diff = sorted(k for k in set(written) | set(current) if written.get(k) != current.get(k))
         raise HarnessError(
             f"--resume: {out / 'results.jsonl'} comes from another configuration (differs in {', '.join(diff)})"
         )
@@ -214,8 +217,7 @@ def warm_up(lm, decoder, sampling) -> None:
     from harness.decoding import StopCondition
     from harness.models import encode_prompt
 
-    if hasattr(decoder, "block_sizes"):
-        lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
+    lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     if lm.device.type == "cuda":
         decoder.generate(encode_prompt(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
 
@@ -289,7 +291,7 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
             # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
             prompts[(t, p.problem_id)] = encode_prompt(lm.tokenizer, prompt.rstrip() if p.suffix is None else prompt)
     modes = {t <= 0 for t in cfg.temperatures}  # greedy and/or sampling
-    blocks = [b for d in decoders.values() if hasattr(d, "block_sizes") for g in modes for b in d.block_sizes(g)]
+    blocks = [b for d in decoders.values() for g in modes for b in d.block_sizes(g)]
     # One static cache for the whole run: a later growth would recompile every compiled block size.
     lm.engine.reserve(max(map(len, prompts.values()), default=0) + cfg.max_new_tokens + max(blocks, default=1))
     warmed: set = set()

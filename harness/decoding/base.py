@@ -126,6 +126,10 @@ class Generation:
 class Decoder(Protocol):
     name: str
 
+    def block_sizes(self, greedy: bool) -> tuple[int, ...]:
+        """Query lengths of the decode passes run through the model's engine (compiled ahead of time)."""
+        ...
+
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation: ...
 
 

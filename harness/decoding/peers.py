@@ -34,6 +34,10 @@ class HfGenerateDecoder:
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
         self.assistant = assistant
 
+    def block_sizes(self, greedy: bool) -> tuple[int, ...]:
+        """None of our engine's: transformers' generate runs these passes."""
+        return ()
+
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
         if len(prompt_ids) == 0:
             raise HarnessError("empty prompt: at least one token is needed to decode from")
