@@ -43,7 +43,8 @@ class Shard:
 
 def current_shard(cpu: bool = False) -> Shard:
     """This process's shard when launched with several processes (``accelerate launch --multi_gpu
-    --num_processes N``, or ``torchrun``, which it calls; on CPU, processes talk through gloo)."""
+    --num_processes N``, or ``torchrun``, which it calls; on CPU, processes talk through gloo, and
+    ``cpu`` must be True or accelerate leaves every process on its own)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Shard()
     from accelerate import PartialState

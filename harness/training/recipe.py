@@ -80,27 +80,29 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
     """Run the requested stages. Under ``accelerate launch`` with several processes the data stages and
     the evaluation run on the main process while the others wait, the training stages run on every
     process (DDP or FSDP, as the launch configures) and the main process saves the checkpoint."""
-    from accelerate import PartialState
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU processes would not see each other
+    from harness.distributed import current_shard
+
+    cuda = torch.cuda.is_available()
+    shard = current_shard(cpu=not cuda)
     work = Path(cfg.work)
     work.mkdir(parents=True, exist_ok=True)
     corpus_dir, tok_dir = work / "corpus", work / "tokenizer"
     base_dir, sdsat_dir, draft_dir = work / "base", work / "sdsat", work / "draft"
-    device = state.device
+    device = torch.device(shard.device("cuda" if cuda else "cpu"))
     timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
 
     def stage(name: str, output: Path | None, fn, every_process: bool = False) -> None:
         """Run ``fn`` unless the stage was not asked for or its ``output`` exists (a finished stage)."""
-        if name in stages and (output is None or not output.exists()) and (every_process or state.is_main_process):
+        if name in stages and (output is None or not output.exists()) and (every_process or shard.is_main):
             t0 = time.perf_counter()
             fn()
-            if state.is_main_process:
+            if shard.is_main:
                 timings[name] = time.perf_counter() - t0
                 (work / "timings.json").write_text(json.dumps(timings, indent=1))
                 log(f"[recipe] {name}: {timings[name]:.1f}s")
-        state.wait_for_everyone()  # every process sees the same finished stages
+        shard.wait()  # every process sees the same finished stages
 
     def make_corpus():
         budget = {lang: int(mb * 1e6) for lang, mb in cfg.mb_per_lang.items()}
@@ -139,7 +141,7 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
         return {"time_budget_s": minutes * 60}
 
     def save(model, out_dir: Path, name: str, summary: dict, spec) -> None:
-        if state.is_main_process:
+        if shard.is_main:
             save_checkpoint(model, tokenizer, out_dir, spec, torch.bfloat16, SHARD)
             (work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
 
@@ -163,7 +165,7 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
                          seed=cfg.seed + 1, grad_accum=cfg.grad_accum, bf16=cfg.bf16,
                          **budget(cfg.sdsat_minutes))  # fmt: skip
         model, summary = train(model, np.asarray(stream), tc, work / "sdsat_log.jsonl", list(adaptive.token_ids))
-        if state.is_main_process:
+        if shard.is_main:
             heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
             summary["heldout"] = heldout_metrics(model, heldout, cfg.seq_len, list(adaptive.token_ids),
                                                  n_groups=cfg.n_groups)  # fmt: skip
@@ -178,7 +180,12 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
           every_process=True)  # fmt: skip
     if (sdsat_dir / "config.json").exists():
         stage("evaluate", None, lambda: evaluate(cfg, work, device.type, log))
-    stage("compare", work / "compare.json", lambda: compare(cfg, work, adaptive, device, log), every_process=True)
+    stage(
+        "compare",
+        work / "compare.json",
+        lambda: compare(cfg, work, adaptive, device, shard.is_main, log),
+        every_process=True,
+    )
 
 
 def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
@@ -196,12 +203,11 @@ def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> di
             "new_tokens": new, "forward_passes": fwd, "prompts": len(prompts)}  # fmt: skip
 
 
-def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, log=print) -> dict:
+def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, is_main: bool = True, log=print) -> dict:
     """Fine-tune the base with each of VARIANTS for the same time; record standard-token loss curves
     (the paper's Figure 5 compares ours with naive insertion), held-out loss without adaptive tokens,
     draft accuracy per offset and the greedy accept rate at k = 5 on HumanEval prompts. Every process
     trains; the main one measures and writes."""
-    from accelerate import PartialState
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from harness.models import LoadedModel, fim_from_tokenizer
@@ -218,14 +224,14 @@ def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, log=p
                          time_budget_s=cfg.compare_minutes * 60, n_groups=cfg.n_groups, log_every=10,
                          adaptive_weight=cfg.adaptive_weight, seed=cfg.seed + 1, **overrides)  # fmt: skip
         model, summary = train(model, stream, tc, work / f"compare_{name}_log.jsonl", ids)
-        if not PartialState().is_main_process:
+        if not is_main:
             continue
         metrics = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
         lm = LoadedModel(name, model, tokenizer, adaptive, fim_from_tokenizer(tokenizer), device, torch.float32)
         metrics["humaneval_k5"] = greedy_acceptance(lm, prompts, 5, cfg.eval_max_new_tokens)
         results[name] = {"summary": summary, **metrics}
         log(f"[compare] {name}: {metrics}")
-    if PartialState().is_main_process:
+    if is_main:
         (work / "compare.json").write_text(json.dumps(results, indent=1))
     return results
 
