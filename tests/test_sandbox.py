@@ -1,63 +1,277 @@
-"""Hostile programs are contained and judged failed or timeout; the harness and host carry on."""
+"""Hostile programs are contained and judged failed or timeout; the harness and host carry on.
+
+Every case runs at the default level (bubblewrap in CI); the fallbacks get the cases they claim to
+contain. Programs here are written to attack the harness: read its secrets, hang it, starve it, outlive
+their verdict, tamper with each other or with the host.
+"""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from harness.execution.languages import LANGUAGES
-from harness.execution.sandbox import Limits, isolation_level, run_program
+from harness.execution import sandbox
+from harness.execution.languages import LANGUAGES, Language
+from harness.execution.sandbox import SLOT_UID_BASE, SLOTS, Limits, available_levels, isolation_level, run_program
 
 PY = LANGUAGES["python"]
 QUICK = Limits(timeout_s=3.0, cpu_s=5)
 HARNESS_FILE = os.path.abspath(__file__)
+SECRET = "sdsat-test-secret-8f2c"
+NAMESPACED = [level for level in ("bubblewrap", "unshare") if level in available_levels()]
+ALL_LEVELS = [*NAMESPACED, "rlimits"]
 
 
-def _nobody_processes() -> int:
-    """Live processes of uid nobody (zombies are dead, merely not yet reaped by the machine's init)."""
-    out = subprocess.run(["ps", "-u", "65534", "-o", "stat="], capture_output=True, text=True).stdout
-    return sum(not state.startswith("Z") for state in out.split())
+def _slot_processes() -> list[int]:
+    """Live processes running as a sandbox slot uid (zombies are dead, merely not reaped yet)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        uid = int(fields.get("Uid", "0").split()[0])
+        if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS and "zombie" not in fields.get("State", ""):
+            found.append(int(entry.name))
+    return found
 
 
-def run_py(source: str, limits: Limits = QUICK):
-    return run_program(PY, source, limits)
+def run_py(source: str, limits: Limits = QUICK, isolation: str | None = None):
+    return run_program(PY, textwrap.dedent(source), limits, isolation)
 
 
-def test_isolation_is_reported():
+def test_default_level_is_a_namespace_sandbox_and_is_reported():
+    if os.environ.get("CI"):
+        assert "bubblewrap" in available_levels()
     verdict = run_py("print('ok')\n")
-    assert verdict.status == "passed" and verdict.isolation == isolation_level()
+    assert verdict.status == "passed" and verdict.isolation == isolation_level() != "rlimits"
+    assert verdict.stdout.strip() == "ok"
+
+
+def test_rlimits_only_by_name(monkeypatch):
+    monkeypatch.setattr(sandbox, "available_levels", lambda: ("rlimits",))
+    with pytest.raises(sandbox.SandboxUnavailable, match="apt-get install bubblewrap"):
+        isolation_level()
+    assert isolation_level("rlimits") == "rlimits"
 
 
 @pytest.mark.parametrize(
     "name,source,statuses",
     [
         ("infinite loop", "while True:\n    pass\n", {"timeout"}),
-        ("fork bomb", "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
-         {"timeout", "failed"}),
+        (
+            "fork bomb",
+            "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n",
+            {"timeout", "failed"},
+        ),
         ("memory bomb", "x = []\nwhile True:\n    x.append(bytearray(1 << 26))\n", {"failed", "timeout"}),
-        ("stdout flood", "while True:\n    print('x' * 10000)\n", {"failed", "timeout"}),
+        (
+            "shared memory bomb",
+            "import mmap\nm = mmap.mmap(-1, 3 << 30, flags=mmap.MAP_SHARED)\n"
+            "for i in range(0, len(m), 4096):\n    m[i] = 1\n",
+            {"failed", "timeout"},
+        ),
+        ("stdout flood", "import os\nwhile True:\n    os.write(1, b'x' * 65536)\n", {"failed", "timeout"}),
         ("sleep after closing output", "import os, time\nos.close(1)\nos.close(2)\ntime.sleep(1000)\n", {"timeout"}),
         ("network", "import socket\nsocket.create_connection(('1.1.1.1', 53), timeout=2)\n", {"failed"}),
         ("network loopback", "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=2)\n", {"failed"}),
         ("write outside", f"open({HARNESS_FILE + '.pwned'!r}, 'w').write('x')\n", {"failed"}),
-        ("kill parent group", "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\n",
-         {"failed", "passed"}),
+        ("read the checkout", f"print(open({HARNESS_FILE!r}).read()[:20])\n", {"failed"}),
+        (
+            "kill parent group",
+            "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)\n",
+            {"failed", "passed"},
+        ),
     ],
-)  # fmt: skip
-def test_hostile_program_is_contained(name, source, statuses):
-    verdict = run_py(source)
+)
+@pytest.mark.parametrize("level", NAMESPACED)
+def test_hostile_program_is_contained(name, source, statuses, level):
+    limits = Limits(timeout_s=3.0, cpu_s=5, memory_bytes=512 << 20)
+    before = sandbox.cgroup.hierarchy() and _memory_available()
+    start = time.monotonic()
+    verdict = run_py(source, limits, level)
     assert verdict.status in statuses, (name, verdict)
+    assert time.monotonic() - start < 3.0 + 5.0  # no verdict takes longer than its timeout plus 5 s
+    assert len(verdict.stdout) <= sandbox.TAIL_BYTES and len(verdict.stderr) <= sandbox.TAIL_BYTES
     assert not os.path.exists(HARNESS_FILE + ".pwned")
+    assert not _slot_processes()
     assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+    if before:
+        assert _memory_available() > before - (1 << 30)  # the host did not lose the bomb's memory
 
 
-def test_background_children_die_with_the_program():
-    before = _nobody_processes()
-    verdict = run_py("import subprocess\nsubprocess.Popen(['sleep', '1000'])\nprint('left a child')\n")
+def _memory_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_files_it_plants_are_never_opened_by_the_harness(level, monkeypatch):
+    """Symlinks to secrets, FIFOs and /dev/zero where a harness might look for its output."""
+    monkeypatch.setenv("SDSAT_TEST_TOKEN", SECRET)
+    source = """
+        import os
+        for name, target in (('.stderr', '/proc/self/environ'), ('.stdout', '/dev/zero'),
+                             ('stderr', '/proc/1/environ'), ('out', '/etc/shadow')):
+            try:
+                os.symlink(target, name)
+            except OSError:
+                pass
+        os.mkfifo('.fifo')
+        print('planted')
+    """
+    start = time.monotonic()
+    verdict = run_py(source, isolation=level)
+    assert time.monotonic() - start < 8
+    assert verdict.status == "passed" and SECRET not in repr(verdict.to_dict())
+    assert "root:" not in verdict.stdout + verdict.stderr
+
+
+@pytest.mark.parametrize("level", NAMESPACED)
+def test_host_is_hidden(level, tmp_path):
+    """Other processes, host sockets, the checkout and the host's temporary directories."""
+    sockets = []
+    for directory in ("/tmp", "/var/tmp"):
+        path = Path(directory) / f"sdsat-test-{os.getpid()}.sock"
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.listen(1)
+        sockets.append((server, path))
+    paths = [str(p) for _, p in sockets]
+    source = f"""
+        import os, socket
+        pids = [p for p in os.listdir('/proc') if p.isdigit()]
+        assert len(pids) < 10, pids
+        for path in {paths!r}:
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.connect(path)
+                raise SystemExit('reached ' + path)
+            except (FileNotFoundError, ConnectionRefusedError, PermissionError):
+                pass
+        for place in ('/tmp', '/var/tmp', '/dev/shm'):
+            try:
+                open(os.path.join(place, 'sdsat-persist-marker'), 'w').write('x')
+            except OSError:
+                pass
+        assert not os.path.exists({HARNESS_FILE!r})
+    """
+    try:
+        verdict = run_py(source, isolation=level)
+    finally:
+        for server, path in sockets:
+            server.close()
+            path.unlink()
+    assert verdict.status == "passed", verdict
+    for place in ("/tmp", "/var/tmp", "/dev/shm"):
+        assert not os.path.exists(os.path.join(place, "sdsat-persist-marker"))
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_nothing_outlives_its_verdict(level):
+    """A child that clears its parent-death signal, leaves the session and ignores SIGTERM."""
+    source = """
+        import ctypes, os, signal, time
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(1, 0)  # PR_SET_PDEATHSIG: none
+            os.setsid()
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            if os.fork() == 0:
+                time.sleep(60)
+            os._exit(0)
+        time.sleep(0.3)
+        print('left a survivor behind')
+    """
+    verdict = run_py(source, isolation=level)
     assert verdict.status == "passed"
-    assert _nobody_processes() <= before
+    if level == "rlimits" and sandbox.cgroup.hierarchy() is None:
+        pytest.skip("rlimits without control groups cannot reach a process that left its session")
+    assert not _slot_processes()
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_harness_killed_mid_run_leaves_nothing(level, tmp_path):
+    if level == "rlimits" and sandbox.cgroup.hierarchy() is None:
+        pytest.skip("rlimits without control groups")
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "from harness.execution.sandbox import run_program, Limits\n"
+        "from harness.execution.languages import LANGUAGES\n"
+        f"run_program(LANGUAGES['python'], 'import os, time\\nos.setsid() if os.fork() == 0 else None\\n"
+        f"time.sleep(60)\\n', Limits(timeout_s=60), {level!r})\n"
+    )
+    harness = subprocess.Popen([sys.executable, str(driver)], cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 20
+    while not _slot_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _slot_processes(), "the program never started"
+    harness.kill()
+    harness.wait()
+    deadline = time.monotonic() + 5
+    while _slot_processes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if level == "rlimits":  # no namespace dies with the harness: its control group is cleared on the next start
+        sandbox.cgroup.kill_stale_groups()
+        time.sleep(0.2)
+    assert not _slot_processes()
+
+
+@pytest.mark.parametrize("level", ALL_LEVELS)
+def test_concurrent_programs_cannot_touch_each_other(level):
+    """One program watches its own source; the other hunts for every program file it can reach."""
+    victim = """
+        import os, time
+        mine = open(os.path.abspath(__file__)).read()
+        time.sleep(1.5)
+        assert open(os.path.abspath(__file__)).read() == mine, 'tampered'
+    """
+    hunter = """
+        import os
+        hits = 0
+        for top in ('/tmp', '/work', '/var/tmp', '/dev/shm', '/proc'):
+            for root, dirs, files in os.walk(top):
+                for name in files:
+                    if name == 'prog.py' and os.path.abspath(os.path.join(root, name)) != os.path.abspath(__file__):
+                        try:
+                            open(os.path.join(root, name), 'w').write('pass\\n')
+                            hits += 1
+                        except OSError:
+                            pass
+                if root.startswith('/proc') and root.count('/') > 3:
+                    dirs[:] = []
+        print('overwrote', hits)
+    """
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(run_py, victim, Limits(timeout_s=5), level)
+        time.sleep(0.3)
+        second = pool.submit(run_py, hunter, Limits(timeout_s=5), level)
+        assert first.result().status == "passed", first.result()
+        assert "overwrote 0" in second.result().stdout, second.result()
+
+
+@pytest.mark.parametrize("level", NAMESPACED)
+def test_a_fork_bomb_does_not_starve_a_concurrent_program(level):
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    worker = "import subprocess\nfor _ in range(20):\n    subprocess.run(['true'], check=True)\nprint('ok')\n"
+    with ThreadPoolExecutor(2) as pool:
+        bombing = pool.submit(run_py, bomb, Limits(timeout_s=4, cpu_s=10), level)
+        time.sleep(1.0)
+        assert run_py(worker, Limits(timeout_s=10), level).status == "passed"
+        bombing.result()
 
 
 def test_failing_and_passing_verdicts_in_compiled_languages():
@@ -69,22 +283,37 @@ def test_failing_and_passing_verdicts_in_compiled_languages():
     assert (ok.status, bad.status, broken.status) == ("passed", "failed", "error")
 
 
-def test_missing_toolchain_is_unavailable_with_hint(monkeypatch):
-    from harness.execution import languages
-
-    lang = languages.Language(
-        "cobol", "p.cbl", None, ("cobc-not-here",), ("cobc-not-here",), "apt-get install gnucobol"
-    )
+def test_missing_toolchain_is_unavailable_with_hint():
+    lang = Language("cobol", "p.cbl", None, ("cobc-not-here",), ("cobc-not-here",), "apt-get install gnucobol")
     verdict = run_program(lang, "x")
     assert verdict.status == "unavailable" and "apt-get install gnucobol" in verdict.detail
 
 
 @pytest.mark.parametrize("isolation", ["unshare", "rlimits"])
 def test_fallback_isolation_levels_still_judge_and_contain(isolation):
+    if isolation not in available_levels():
+        pytest.skip(f"{isolation} does not work here")
     assert run_program(PY, "assert 2 + 2 == 4\n", QUICK, isolation=isolation).status == "passed"
     assert run_program(PY, "assert 2 + 2 == 5\n", QUICK, isolation=isolation).status == "failed"
-    verdict = run_program(PY, "import subprocess\nsubprocess.Popen(['sleep', '1000'])\nwhile True:\n    pass\n",
-                          QUICK, isolation=isolation)  # fmt: skip
+    verdict = run_program(
+        PY,
+        "import subprocess\nsubprocess.Popen(['sleep', '1000'])\nwhile True:\n    pass\n",
+        QUICK,
+        isolation=isolation,
+    )
     assert verdict.status == "timeout" and verdict.isolation == isolation
-    assert run_program(PY, f"open({HARNESS_FILE + '.pwned'!r}, 'w')\n", QUICK, isolation=isolation).status == "failed"
-    assert not os.path.exists(HARNESS_FILE + ".pwned")
+    assert not _slot_processes()
+
+
+def test_slots_give_concurrent_programs_distinct_uids():
+    if os.geteuid() != 0:
+        pytest.skip("distinct uids need root")
+    barrier = threading.Barrier(3)
+
+    def uid() -> str:
+        barrier.wait()
+        return run_py("import os, time\ntime.sleep(0.5)\nprint(os.getuid())\n", isolation="rlimits").stdout.strip()
+
+    with ThreadPoolExecutor(3) as pool:
+        uids = list(pool.map(lambda _: uid(), range(3)))
+    assert len(set(uids)) == 3

