@@ -1,5 +1,6 @@
-"""Judging completions: test execution in the sandbox, or exact match (SantaCoder FIM); and the
-`validate` check that references pass and deliberately wrong solutions fail."""
+"""Judging completions: test execution in the sandbox (a pass needs proof that the tests ran to
+their end), or exact match (SantaCoder FIM); and the `validate` check that references pass while
+deliberately wrong solutions and early-exit cheats fail."""
 
 from __future__ import annotations
 
@@ -8,22 +9,31 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from harness.execution.languages import get_language
-from harness.execution.sandbox import Limits, Verdict, isolation_level, run_program
-from harness.tasks import Problem, exact_match, get_task, program, wrong_completion
+from harness.execution.sandbox import Limits, Verdict, run_tests
+from harness.tasks import CHEATS, Problem, exact_match, get_task, program_head, wrong_completion
+
+EXACT_MATCH = "none (exact match)"
 
 
-def judge(problem: Problem, completion: str, limits: Limits | None = None) -> Verdict:
+def judge(problem: Problem, completion: str, limits: Limits | None = None, isolation: str | None = None) -> Verdict:
     if get_task(problem.task).scoring == "exact-match":
         status = "passed" if exact_match(problem, completion) else "failed"
-        return Verdict(status, None, 0.0, "", "none (exact match)")
-    return run_program(get_language(problem.language), program(problem, completion), limits)
+        return Verdict(status, None, 0.0, "", EXACT_MATCH)
+    return run_tests(
+        get_language(problem.language), program_head(problem, completion), problem.tests, limits, isolation
+    )
 
 
-def judge_many(items: Sequence[tuple[Problem, str]], workers: int = 2, limits: Limits | None = None,
-               progress: Callable[[int], None] | None = None) -> list[Verdict]:  # fmt: skip
+def judge_many(
+    items: Sequence[tuple[Problem, str]],
+    workers: int = 2,
+    limits: Limits | None = None,
+    progress: Callable[[int], None] | None = None,
+    isolation: str | None = None,
+) -> list[Verdict]:
     """Judge (problem, completion) pairs in parallel worker threads (each runs its own sandbox)."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        futures = [pool.submit(judge, p, c, limits) for p, c in items]
+        futures = [pool.submit(judge, p, c, limits, isolation) for p, c in items]
         out = []
         for f in futures:
             out.append(f.result())
@@ -32,24 +42,42 @@ def judge_many(items: Sequence[tuple[Problem, str]], workers: int = 2, limits: L
         return out
 
 
-def validate(problems: Sequence[Problem], workers: int = 2, limits: Limits | None = None, progress=None) -> dict:
-    """References must pass, the deliberately wrong completion must fail, for every problem."""
-    with_ref = [p for p in problems if p.reference is not None]
-    wrong = "" if problems and get_task(problems[0].task).scoring == "exact-match" else None
-    ref_verdicts = judge_many([(p, p.reference) for p in with_ref], workers, limits, progress)
-    wrong_items = [(p, wrong if wrong is not None else wrong_completion(p.language)) for p in problems]
-    wrong_verdicts = judge_many(wrong_items, workers, limits, progress)
-    failed_refs = [(p.problem_id, v.status, v.stderr[-300:]) for p, v in zip(with_ref, ref_verdicts, strict=True)
-                   if v.status != "passed"]  # fmt: skip
-    passed_wrong = [p.problem_id for p, v in zip(problems, wrong_verdicts, strict=True) if v.status == "passed"]
+def validation_items(problems: Sequence[Problem]) -> tuple[list, list]:
+    """(problem, reference) pairs that must pass; (problem, completion) pairs that must fail."""
+    must_pass = [(p, p.reference) for p in problems if p.reference is not None]
+    if problems and get_task(problems[0].task).scoring == "exact-match":
+        return must_pass, [(p, "") for p in problems]
+    must_fail = [(p, wrong_completion(p.language)) for p in problems]
+    must_fail += [(p, cheat) for p in problems if p.suffix is None for cheat in CHEATS[p.language]]
+    return must_pass, must_fail
+
+
+def validate(
+    problems: Sequence[Problem],
+    workers: int = 2,
+    limits: Limits | None = None,
+    progress=None,
+    isolation: str | None = None,
+) -> dict:
+    """References must pass; the deliberately wrong completion and every early-exit cheat must fail."""
+    must_pass, must_fail = validation_items(problems)
+    ref_verdicts = judge_many(must_pass, workers, limits, progress, isolation)
+    bad_verdicts = judge_many(must_fail, workers, limits, progress, isolation)
+    failed_refs = [
+        (p.problem_id, v.status, v.detail, v.stderr[-300:])
+        for (p, _), v in zip(must_pass, ref_verdicts, strict=True)
+        if v.status != "passed"
+    ]
+    passed_bad = [(p.problem_id, c) for (p, c), v in zip(must_fail, bad_verdicts, strict=True) if v.status == "passed"]
     return {
         "problems": len(problems),
-        "references": len(with_ref),
-        "references_passed": len(with_ref) - len(failed_refs),
+        "references": len(must_pass),
+        "references_passed": len(must_pass) - len(failed_refs),
         "reference_failures": failed_refs,
-        "wrong_passed": passed_wrong,
-        "wrong_statuses": dict(Counter(v.status for v in wrong_verdicts)),
-        "unavailable": sum(v.status == "unavailable" for v in ref_verdicts + wrong_verdicts),
-        "isolation": isolation_level(),
-        "ok": not failed_refs and not passed_wrong,
+        "must_fail": len(must_fail),
+        "wrong_passed": passed_bad,
+        "wrong_statuses": dict(Counter(v.status for v in bad_verdicts)),
+        "unavailable": sum(v.status == "unavailable" for v in ref_verdicts + bad_verdicts),
+        "isolation": sorted({v.isolation for v in ref_verdicts + bad_verdicts}),
+        "ok": bool(problems) and not failed_refs and not passed_bad,
     }

