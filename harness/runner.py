@@ -3,6 +3,8 @@ result appended and flushed to ``results.jsonl`` as it finishes; ``--resume`` sk
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -40,11 +42,13 @@ class RunConfig:
     attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa | eager
     fim_order: str = "psm"
     allow_code_execution: bool = False
+    isolation: str | None = None  # the sandbox's level; None: the strongest namespace level available
+    skip_unavailable: bool = False  # execute what can be, and leave tasks without a toolchain unscored
 
     def identity(self) -> dict:
         """What makes two runs' records comparable: everything but where the data lives and execution."""
         d = asdict(self)
-        for key in ("data_dir", "allow_code_execution"):
+        for key in ("data_dir", "allow_code_execution", "isolation", "skip_unavailable"):
             d.pop(key)
         return json.loads(json.dumps(d))
 
@@ -114,9 +118,14 @@ def machine() -> dict:
     import torch
     import transformers
 
-    info = {"python": sys.version.split()[0], "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "torch": torch.__version__, "transformers": transformers.__version__,
-            "torch_threads": torch.get_num_threads()}  # fmt: skip
+    info = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
     if torch.cuda.is_available():
         info["devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -131,21 +140,19 @@ def _prepare_out(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
     """Check the output directory; with --resume, check the configuration, drop a record cut by a
     kill mid-write from the end of each results file (so that its unit runs again) and return the
     records already there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise HarnessError(f"output directory '{out}' is not writable ({exc.strerror})") from None
     files = [f for f in _result_files(out) if f.exists() and f.stat().st_size > 0]
     if not resume:
         if files:
             raise HarnessError(f"{files[0]} already has results: pass --resume to continue it, or choose another --out")
         return []
     run_json = out / "run.json"
+    if not files:
+        return []  # a start that failed before its first record: nothing to be consistent with
     if not run_json.exists():
-        return []
+        raise HarnessError(
+            f"--resume: {files[0]} has results but {run_json} is missing, so their configuration "
+            "cannot be checked: restore it, or move the results away"
+        )
     # A run written before a setting existed ran with that setting's default.
     written = {
         **RunConfig(model=cfg.model, tasks=cfg.tasks).identity(),
@@ -211,6 +218,83 @@ def _parse_record(line: str) -> dict | None:
         return None
 
 
+def verdict_fields(verdict) -> dict:
+    """A record's scoring: passed (None when unscored: not executed, or its toolchain unavailable),
+    the status, why, and which sandbox judged it."""
+    if verdict is None:
+        return {"passed": None, "status": None, "verdict_detail": None, "isolation": None}
+    passed = None if verdict.status == "unavailable" else verdict.status == "passed"
+    return {
+        "passed": passed,
+        "status": verdict.status,
+        "verdict_detail": verdict.detail,
+        "isolation": verdict.isolation,
+    }
+
+
+def _writable_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(f"output directory '{out}' is not writable ({exc.strerror})") from None
+
+
+def check_execution(cfg: RunConfig) -> str | None:
+    """Before anything is generated: the sandbox level that will judge this run's programs (None when
+    nothing is executed), and every toolchain its tasks need, unless --skip-unavailable."""
+    from harness.execution.languages import get_language
+    from harness.execution.sandbox import isolation_level
+    from harness.tasks import get_task
+
+    executed = [get_task(t) for t in cfg.tasks if get_task(t).scoring == "tests"]
+    if not cfg.allow_code_execution or not executed:
+        return None
+    level = isolation_level(cfg.isolation)
+    for task in executed:
+        language = get_language(task.language)
+        missing = language.missing()
+        if missing and not cfg.skip_unavailable:
+            raise HarnessError(
+                f"task {task.name} needs {missing}, which is not installed ({language.install_hint}); "
+                "pass --skip-unavailable to run it unscored"
+            )
+    return level
+
+
+@contextlib.contextmanager
+def run_lock(out: Path):
+    """An exclusive lock on the run directory for the whole run: a second run on the same --out stops at once."""
+    path = out / ".lock"
+    fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise HarnessError(f"{out} is in use by another run ({holder}); wait for it or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {platform.node()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _append(f, record: dict, path: Path) -> None:
+    """One record, flushed to disk; a full disk is one line naming the file (earlier records stay intact)."""
+    try:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+    except OSError as exc:
+        raise HarnessError(
+            f"cannot write {path} ({exc.strerror}): the records before this one are saved; "
+            "free space and run again with --resume"
+        ) from None
+
+
 def warm_up(lm, decoder, sampling) -> None:
     """Compile the decoder's block sizes (engine ``compile``) and, on a GPU, run one short untimed
     generation, so that kernel selection and the allocator warm up outside the timed records."""
@@ -226,22 +310,34 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     """Run every work unit not yet in ``out_dir``. Under ``accelerate launch`` each process takes
     every N-th problem, appends to its own shard, and the main process merges the shards into
     results.jsonl; returns its path on the main process, None on the others."""
-    from tqdm import tqdm
-
-    from harness.decoding import SamplingParams, StopCondition, make_decoder
     from harness.distributed import current_shard
-    from harness.models import encode_prompt, load_model, resolve_model_path
-    from harness.scoring import judge
-    from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
+    from harness.tasks import get_task
 
     out = Path(out_dir)
     for task in cfg.tasks:
         get_task(task)  # unknown task: one-line error before anything is written
+    isolation = check_execution(cfg)  # no sandbox or a missing toolchain: stop before generating
     shard = current_shard(cpu=cfg.device == "cpu")
-    previous = _prepare_out(out, cfg, resume) if shard.is_main else None
-    shard.wait()  # the others read what the main process checked and repaired
-    if previous is None:
-        previous = _read_records(out)
+    if not shard.is_main:
+        shard.wait()  # the others read what the main process checked and repaired
+        return _run_units(cfg, out, _read_records(out), shard, isolation, progress)
+    _writable_dir(out)
+    with run_lock(out):
+        previous = _prepare_out(out, cfg, resume)
+        shard.wait()
+        return _run_units(cfg, out, previous, shard, isolation, progress)
+
+
+def _run_units(
+    cfg: RunConfig, out: Path, previous: list[dict], shard, isolation: str | None, progress: bool
+) -> Path | None:
+    from tqdm import tqdm
+
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.models import encode_prompt, load_model, resolve_model_path
+    from harness.scoring import judge
+    from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
+
     device = shard.device(cfg.device)
     lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, cfg.attn_implementation, cfg.engine)
     draft = (
@@ -266,15 +362,30 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     devices = shard.gather(f"{lm.device}" + (f" {torch_device_name(lm.device)}" if lm.device.type == "cuda" else ""))
     if shard.is_main:
         path = resolve_model_path(cfg.model)
-        (out / "run.json").write_text(json.dumps({
-            "config": cfg.identity(), "data_dir": cfg.data_dir, "allow_code_execution": cfg.allow_code_execution,
-            "model_path": path, "model_sha256": model_hash(path), "machine": machine(), "units": len(units),
-            "processes": shard.count, "process_devices": devices,
-        }, indent=1))  # fmt: skip
+        (out / "run.json").write_text(
+            json.dumps(
+                {
+                    "config": cfg.identity(),
+                    "data_dir": cfg.data_dir,
+                    "allow_code_execution": cfg.allow_code_execution,
+                    "model_path": path,
+                    "model_sha256": model_hash(path),
+                    "machine": machine(),
+                    "units": len(units),
+                    "processes": shard.count,
+                    "process_devices": devices,
+                    "isolation": isolation,
+                },
+                indent=1,
+            )
+        )
     results = out / "results.jsonl" if shard.count == 1 else out / f"results.rank{shard.index}.jsonl"
     done = {record_key(r) for r in previous}
-    ar_completions = {(r["task"], r["problem_id"]): r["completion"] for r in previous
-                      if r["decoder"] == "ar" and r["temperature"] == 0}  # fmt: skip
+    ar_completions = {
+        (r["task"], r["problem_id"]): r["completion"]
+        for r in previous
+        if r["decoder"] == "ar" and r["temperature"] == 0
+    }
     my_units = plan(cfg, mine)
     todo = [u for u in my_units if u.key not in done]
     decoders: dict = {}
@@ -282,22 +393,29 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
         dkey = (unit.decoder, unit.k, unit.accept)
         if dkey not in decoders:
             accept = "exact" if unit.accept == "-" else unit.accept
-            decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft,
-                                          groups=cfg.groups)  # fmt: skip
+            decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
     prompts = {}
     for t, ps in mine.items():
         for p in ps:
-            prompt = build_prompt(p, lm.fim, cfg.fim_order)
-            # completion prompts lose trailing whitespace, as in bigcode-evaluation-harness
-            prompts[(t, p.problem_id)] = encode_prompt(lm.tokenizer, prompt.rstrip() if p.suffix is None else prompt)
+            # completion prompts come without trailing whitespace (tasks._completion_prompt)
+            prompts[(t, p.problem_id)] = encode_prompt(lm.tokenizer, build_prompt(p, lm.fim, cfg.fim_order))
     modes = {t <= 0 for t in cfg.temperatures}  # greedy and/or sampling
     blocks = [b for d in decoders.values() for g in modes for b in d.block_sizes(g)]
     # One static cache for the whole run: a later growth would recompile every compiled block size.
     lm.engine.reserve(max(map(len, prompts.values()), default=0) + cfg.max_new_tokens + max(blocks, default=1))
     warmed: set = set()
     desc = "sdsat-bench run" + (f" [process 0 of {shard.count}]" if shard.count > 1 else "")
-    with open(results, "a") as f, tqdm(total=len(my_units), initial=len(my_units) - len(todo), desc=desc, unit="gen",
-                                        disable=not progress or not shard.is_main, file=sys.stderr) as bar:  # fmt: skip
+    with (
+        open(results, "a") as f,
+        tqdm(
+            total=len(my_units),
+            initial=len(my_units) - len(todo),
+            desc=desc,
+            unit="gen",
+            disable=not progress or not shard.is_main,
+            file=sys.stderr,
+        ) as bar,
+    ):
         for unit in todo:
             problem = by_id[(unit.task, unit.problem_id)]
             task = get_task(unit.task)
@@ -306,32 +424,40 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
                 warmed.add((dkey, unit.temperature))
                 warm_up(lm, decoders[dkey], SamplingParams(unit.temperature, seed=0))
             ids = prompts[(unit.task, unit.problem_id)]
-            stop = StopCondition(cfg.max_new_tokens, problem.stop,
-                                 stop_token_ids(problem, lm.tokenizer, lm.fim, lm.eos_token_ids))  # fmt: skip
+            stop = StopCondition(
+                cfg.max_new_tokens, problem.stop, stop_token_ids(problem, lm.tokenizer, lm.fim, lm.eos_token_ids)
+            )
             seed = int(hashlib.sha256(repr((cfg.seed, *unit.key)).encode()).hexdigest()[:8], 16)
-            sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0,
-                                      cfg.top_k, seed)  # fmt: skip
+            sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0, cfg.top_k, seed)
             gen = decoders[dkey].generate(ids, stop, sampling)
             completion = gen.text
             verdict = None
             if task.scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
-                verdict = judge(problem, completion)
+                verdict = judge(problem, completion, isolation=cfg.isolation)
             if unit.decoder == "ar" and unit.temperature == 0:
                 ar_completions[(unit.task, unit.problem_id)] = completion
             ar = ar_completions.get((unit.task, unit.problem_id))
             st = gen.stats
             record = {
-                **asdict(unit), "top_p": sampling.top_p, "completion": completion,
-                "passed": None if verdict is None else verdict.status == "passed",
-                "status": None if verdict is None else verdict.status,
-                "new_tokens": st.new_tokens, "forward_passes": st.forward_passes, "loops": len(st.loops),
-                "drafted": st.drafted, "accepted": st.accepted, "accept_rate": st.accept_rate,
-                "mean_accepted_length": st.mean_accepted_length, "prefill_s": st.prefill_s, "decode_s": st.decode_s,
-                "tokens_per_s": st.tokens_per_s, "stop_reason": gen.stop_reason, "device": str(lm.device),
+                **asdict(unit),
+                "top_p": sampling.top_p,
+                "completion": completion,
+                **verdict_fields(verdict),
+                "new_tokens": st.new_tokens,
+                "forward_passes": st.forward_passes,
+                "loops": len(st.loops),
+                "drafted": st.drafted,
+                "accepted": st.accepted,
+                "accept_rate": st.accept_rate,
+                "mean_accepted_length": st.mean_accepted_length,
+                "prefill_s": st.prefill_s,
+                "decode_s": st.decode_s,
+                "tokens_per_s": st.tokens_per_s,
+                "stop_reason": gen.stop_reason,
+                "device": str(lm.device),
                 "identical_to_ar": (completion == ar) if unit.temperature == 0 and ar is not None else None,
-            }  # fmt: skip
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+            }
+            _append(f, record, results)
             bar.update(1)
     shard.wait()
     if not shard.is_main:
@@ -346,17 +472,35 @@ def torch_device_name(device) -> str:
     return torch.cuda.get_device_name(device)
 
 
-def score(out_dir: str, workers: int, data_dir: str | None = None, progress: bool = True) -> int:
+def score(
+    out_dir: str, workers: int, data_dir: str | None = None, progress: bool = True, isolation: str | None = None
+) -> int:
     """Execute the completions of records that were written without execution (a GPU run without
     --allow-code-execution, say) and rewrite ``results.jsonl`` atomically; returns how many were scored."""
+    from harness.report import load_run
+
+    out = Path(out_dir)
+    with run_lock(out):
+        records, info = load_run(out)
+        return _score_records(out, records, info, workers, data_dir, progress, isolation)
+
+
+def _score_records(
+    out: Path,
+    records: list[dict],
+    info: dict,
+    workers: int,
+    data_dir: str | None,
+    progress: bool,
+    isolation: str | None,
+) -> int:
     from tqdm import tqdm
 
-    from harness.report import load_run
+    from harness.execution.sandbox import isolation_level
     from harness.scoring import judge_many
     from harness.tasks import load_problems
 
-    out = Path(out_dir)
-    records, info = load_run(out)
+    isolation_level(isolation)  # no sandbox: one line before anything runs
     todo = [r for r in records if r.get("passed") is None]
     if data_dir is None and info.get("data_dir") and Path(info["data_dir"]).is_dir():
         data_dir = info["data_dir"]  # else $SDSAT_DATA_DIR, as everywhere
@@ -365,9 +509,13 @@ def score(out_dir: str, workers: int, data_dir: str | None = None, progress: boo
         for p in load_problems(task, data_dir, None):
             problems[(task, p.problem_id)] = p
     with tqdm(total=len(todo), desc="sdsat-bench score", unit="prog", disable=not progress, file=sys.stderr) as bar:
-        verdicts = judge_many([(problems[(r["task"], r["problem_id"])], r["completion"]) for r in todo], workers,
-                              progress=bar.update)  # fmt: skip
+        verdicts = judge_many(
+            [(problems[(r["task"], r["problem_id"])], r["completion"]) for r in todo],
+            workers,
+            progress=bar.update,
+            isolation=isolation,
+        )
     for record, verdict in zip(todo, verdicts, strict=True):
-        record["passed"], record["status"] = verdict.status == "passed", verdict.status
+        record.update(verdict_fields(verdict))
     _write_records(out / "results.jsonl", records)
     return len(todo)

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.metrics import paired_speedup, summarize
 
 RUN = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "1,2", "--limit", "3", "--max-new-tokens", "6"]
@@ -168,3 +169,29 @@ def test_suite_settings_and_flag_overrides(capsys, tmp_path, tiny_checkpoint):
     capsys.readouterr()
     assert main(["run", "--model", str(tiny_checkpoint), "--suite", "nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_directory_stops_at_once(tmp_path):
+    from harness.runner import run_lock
+
+    held = pytest.raises(HarnessError, match=rf"in use by another run \(pid {os.getpid()} on ")
+    with run_lock(tmp_path), held, run_lock(tmp_path):
+        pass
+    with run_lock(tmp_path):  # released with the run
+        pass
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
+    import errno
+
+    from harness.runner import _append
+
+    class FullDisk:
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+    with pytest.raises(HarnessError, match=r"cannot write .*results.jsonl \(No space left on device\).*--resume"):
+        _append(FullDisk(), {"a": 1}, tmp_path / "results.jsonl")
