@@ -240,19 +240,20 @@ def test_concurrent_programs_cannot_touch_each_other(level):
         assert open(os.path.abspath(__file__)).read() == mine, 'tampered'
     """
     hunter = """
-        import os
-        hits = 0
-        for top in ('/tmp', '/work', '/var/tmp', '/dev/shm', '/proc'):
+        import glob, os
+        mine = os.path.realpath(__file__)
+        found = glob.glob('/proc/[0-9]*/cwd/prog.py')
+        for top in ('/tmp', '/var/tmp', '/dev/shm'):
             for root, dirs, files in os.walk(top):
-                for name in files:
-                    if name == 'prog.py' and os.path.abspath(os.path.join(root, name)) != os.path.abspath(__file__):
-                        try:
-                            open(os.path.join(root, name), 'w').write('pass\\n')
-                            hits += 1
-                        except OSError:
-                            pass
-                if root.startswith('/proc') and root.count('/') > 3:
-                    dirs[:] = []
+                found += [os.path.join(root, n) for n in files if n == 'prog.py']
+        hits = 0
+        for path in found:
+            try:
+                if os.path.realpath(path) != mine:
+                    open(path, 'w').write('pass\\n')
+                    hits += 1
+            except OSError:
+                pass
         print('overwrote', hits)
     """
     with ThreadPoolExecutor(2) as pool:
