@@ -31,19 +31,24 @@ NAMESPACED = [level for level in ("bubblewrap", "unshare") if level in available
 ALL_LEVELS = [*NAMESPACED, "rlimits"]
 
 
-def _slot_processes() -> list[int]:
-    """Live processes running as a sandbox slot uid (zombies are dead, merely not reaped yet)."""
+def _slot_processes(owner: int | None = None) -> list[int]:
+    """Live processes running as a sandbox slot uid (zombies are dead, merely not reaped yet), of the
+    harness ``owner`` (default: this one; its control groups carry its pid), so that other harnesses
+    on the machine do not count."""
+    owner = os.getpid() if owner is None else owner
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             status = (entry / "status").read_text()
+            groups = (entry / "cgroup").read_text()
         except OSError:
             continue
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         uid = int(fields.get("Uid", "0").split()[0])
-        if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS and "zombie" not in fields.get("State", ""):
+        mine = f"/sdsat-{owner}-" in groups or sandbox.cgroup.hierarchy() is None
+        if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS and "zombie" not in fields.get("State", "") and mine:
             found.append(int(entry.name))
     return found
 
@@ -216,18 +221,18 @@ def test_harness_killed_mid_run_leaves_nothing(level, tmp_path):
     )
     harness = subprocess.Popen([sys.executable, str(driver)], cwd=Path(__file__).resolve().parents[1])
     deadline = time.monotonic() + 20
-    while not _slot_processes() and time.monotonic() < deadline:
+    while len(_slot_processes(harness.pid)) < 2 and time.monotonic() < deadline:  # the program and its child
         time.sleep(0.05)
-    assert _slot_processes(), "the program never started"
+    assert _slot_processes(harness.pid), "the program never started"
     harness.kill()
     harness.wait()
     deadline = time.monotonic() + 5
-    while _slot_processes() and time.monotonic() < deadline:
+    while _slot_processes(harness.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     if level == "rlimits":  # no namespace dies with the harness: its control group is cleared on the next start
         sandbox.cgroup.kill_stale_groups()
         time.sleep(0.2)
-    assert not _slot_processes()
+    assert not _slot_processes(harness.pid)
 
 
 @pytest.mark.parametrize("level", ALL_LEVELS)

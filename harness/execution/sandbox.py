@@ -252,7 +252,9 @@ def _unshare(script: str, files: dict[str, int], env: dict[str, str], limits: Li
         f"cd /tmp/work && env -i {exports} setpriv --reuid {who} --regid {who} --clear-groups "
         f"--inh-caps=-all --bounding-set=-all --no-new-privs /bin/bash -c {shlex.quote(script)}"
     )
-    outer = "set -e\n" + "\n".join(setup) + f"\nset +e\n{drop}\n"
+    # `exit $?` after the driver: bash would exec a script's last command, and the program would become
+    # the namespace's init (whose parent-death signal the uid change clears) and outlive a killed harness.
+    outer = "set -e\n" + "\n".join(setup) + f"\nset +e\n{drop}\nexit $?\n"
     return [
         shutil.which("unshare") or "unshare",
         "--mount",
