@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from harness.errors import HarnessError
+from harness.execution.languages import ALIASES
 
 DATA_DIR_ENV = "SDSAT_DATA_DIR"
 FAMILY_ORDER = ("humaneval", "multipl-e", "humaneval-infilling", "santacoder-fim")
@@ -204,7 +205,7 @@ def _humaneval_infilling(cfg, where, rec) -> Iterator[Problem]:
 
 def _santacoder_fim(cfg, where, rec) -> Iterator[Problem]:
     language = _field(rec, "language", where)
-    if language != cfg.language:
+    if ALIASES.get(language, language) != cfg.language:  # the data says "py" for Python
         raise HarnessError(f"{where}: unknown language '{language}' for task {cfg.name}")
     prompt, body = _field(rec, "prompt", where), _field(rec, "body", where)
     index = where.rsplit("[", 1)[-1].rstrip("]")
@@ -213,7 +214,7 @@ def _santacoder_fim(cfg, where, rec) -> Iterator[Problem]:
             continue
         prefix = prompt + "".join(b + "\n" for b in body[:i])
         suffix = "\n" + "\n".join(body[i + 1 :])
-        yield Problem(cfg.name, f"{index}/L{i}", language, prefix, suffix=suffix, stop=cfg.stop, reference=line)
+        yield Problem(cfg.name, f"{index}/L{i}", cfg.language, prefix, suffix=suffix, stop=cfg.stop, reference=line)
 
 
 PARSERS = {

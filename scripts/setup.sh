@@ -9,3 +9,8 @@ PYTHON=${PYTHON:-python3}
 # by another requirement would be a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 .venv/bin/python -m pip install -q -e ".[test]"
+# The sandbox for generated code (the harness refuses to execute without namespace isolation).
+if ! command -v bwrap >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \
+        || echo "setup: could not install bubblewrap; code execution will use unshare (root) or ask for it" >&2
+fi

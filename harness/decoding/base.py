@@ -60,6 +60,9 @@ class Stats:
     decode_s: float = 0.0
     peak_memory_bytes: int | None = None
     loops: list[LoopRecord] = field(default_factory=list)
+    # False where the loop runs inside another library (transformers' generate): drafted, accepted and
+    # loops are then unknown, reported as None, never as a false 0.
+    loops_observed: bool = True
 
     @property
     def drafted(self) -> int:
@@ -94,13 +97,14 @@ class Stats:
         return self.new_tokens / total if total > 0 else None
 
     def to_dict(self, per_loop: bool = True) -> dict:
+        seen = self.loops_observed
         d = {
             "new_tokens": self.new_tokens,
             "forward_passes": self.forward_passes,
             "prefill_passes": self.prefill_passes,
-            "loops": len(self.loops),
-            "drafted": self.drafted,
-            "accepted": self.accepted,
+            "loops": len(self.loops) if seen else None,
+            "drafted": self.drafted if seen else None,
+            "accepted": self.accepted if seen else None,
             "accept_rate": self.accept_rate,
             "mean_accepted_length": self.mean_accepted_length,
             "tokens_per_forward": self.tokens_per_forward,

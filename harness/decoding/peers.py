@@ -71,6 +71,6 @@ class HfGenerateDecoder:
             hook.remove()
         sink = TokenSink(self.lm.tokenizer, prompt_ids, stop)
         sink.emit(out[0, ids.shape[1] :].tolist())
-        stats = Stats(decode_s=t.seconds, prefill_passes=1, forward_passes=max(0, len(calls) - 1))
-        stats.new_tokens = len(sink.tokens)  # per-loop counts are transformers' internals: not recorded
+        stats = Stats(decode_s=t.seconds, prefill_passes=1, forward_passes=max(0, len(calls) - 1), loops_observed=False)
+        stats.new_tokens = len(sink.tokens)  # drafted/accepted are transformers' internals: unknown, not 0
         return Generation(list(sink.tokens), sink.text, sink.stop_reason or "max_new_tokens", stats)

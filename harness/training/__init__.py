@@ -1,1 +1,4 @@
 """The recipe that builds our own code LM and its SDSAT fine-tune (tokenizer, model, batches)."""
+
+# The recipe's stages, in order (here, not in recipe.py, so the command line lists them without torch).
+STAGES = ("corpus", "tokenizer", "tokens", "pretrain", "sdsat", "draft", "evaluate")

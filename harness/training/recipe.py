@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.training import STAGES
 from harness.training.checkpoint import adaptive_spec_for, llama_config, save_checkpoint
 from harness.training.corpus import build_corpus, read_corpus
 from harness.training.data import encode_documents
@@ -22,7 +23,6 @@ from harness.training.train import TrainConfig, heldout_metrics, train
 
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
 HUMANEVAL_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
-STAGES = ("corpus", "tokenizer", "tokens", "pretrain", "sdsat", "draft", "evaluate")
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
 VARIANTS = {"sdsat": {"mode": "sdsat"}, "sdsat-distill": {"mode": "sdsat", "distill": True}, "naive": {"mode": "naive"}}
 
