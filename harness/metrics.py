@@ -55,6 +55,10 @@ def summarize(records: list[dict]):
         row.update(paired_speedup(ratios))
         identical = g.identical_to_ar.dropna()
         row["identical_to_ar"] = float(identical.mean()) if len(identical) else None
+        # Greedy divergences from AR, told apart (harness.exactness): rounding near-ties vs bugs.
+        classes = g.exactness.dropna() if "exactness" in g else []
+        for name in ("numerical", "mismatch"):
+            row[f"diverged_{name}"] = float((classes == name).mean()) if len(classes) else None
         rows.append(row)
     table = pd.DataFrame(rows)
     if "unavailable" in table and not table["unavailable"].any():

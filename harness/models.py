@@ -163,15 +163,17 @@ def load_model(
     dtype: str = "fp32",
     adaptive_tokens: str | None = None,
     attn_implementation: str = "sdpa",
-    engine: str = "eager",
+    engine: str = "auto",
 ) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if engine not in hf_compat.ENGINES:
-        raise HarnessError(f"--engine: expected one of {', '.join(hf_compat.ENGINES)}, got '{engine}'")
+    if engine not in ("auto", *hf_compat.ENGINES):
+        raise HarnessError(f"--engine: expected auto or one of {', '.join(hf_compat.ENGINES)}, got '{engine}'")
     if dtype not in DTYPES:
         raise HarnessError(f"--dtype: expected one of {', '.join(DTYPES)}, got '{dtype}'")
     torch_device = resolve_device(device)
+    if engine == "auto":  # compiled decode steps pay on a GPU; on a CPU compilation costs more than it saves
+        engine = "compile" if torch_device.type == "cuda" else "eager"
     path = resolve_model_path(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -179,16 +180,50 @@ def _table_html(df: pd.DataFrame) -> str:
 
 
 def write_html(out: Path, title: str, sections: list[tuple[str, str]]) -> Path:
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table.t{border-collapse:collapse;font-size:12px}table.t td,table.t th{padding:2px 6px;"
-             "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}pre{background:#f5f5f5;"
-             "padding:.5em;overflow-x:auto;font-size:12px}")  # fmt: skip
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table.t{border-collapse:collapse;font-size:12px}table.t td,table.t th{padding:2px 6px;"
+        "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}pre{background:#f5f5f5;"
+        "padding:.5em;overflow-x:auto;font-size:12px}"
+    )
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>")  # fmt: skip
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
     path = out / "report.html"
     path.write_text(page)
     return path
+
+
+COMPACT = [
+    "task",
+    "decoder",
+    "k",
+    "temperature",
+    "problems",
+    "pass@1",
+    "accept_rate_pooled",
+    "tokens_per_forward",
+    "tokens_per_s",
+    "speedup",
+    "identical_to_ar",
+    "diverged_numerical",
+    "diverged_mismatch",
+    "unavailable",
+]
+
+
+def compact_summary(table: pd.DataFrame) -> str:
+    """The terminal's view of the summary: the columns most read (summary.md has them all)."""
+    return table[[c for c in COMPACT if c in table.columns]].to_markdown(index=False, floatfmt=".3f")
+
+
+def config_differences(infos: dict[str, dict]) -> list[str]:
+    """Settings (besides the model) in which runs to be compared differ."""
+    configs = [info.get("config") or {} for info in infos.values()]
+    keys = sorted({k for c in configs for k in c} - {"model"})
+    return [k for k in keys if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1]
 
 
 def _scoring_note(records: list[dict]) -> str:
@@ -229,7 +264,32 @@ def _run_figures(df: pd.DataFrame, table: pd.DataFrame, out: Path, prefix: str =
     ]
 
 
-def render(run_dirs: list[str], out_dir: str | None = None) -> Path:
+def projection_table(
+    records: list[dict], table: pd.DataFrame, probe_path: str, engine: str
+) -> tuple[pd.DataFrame, str]:
+    """The run's greedy acceptance projected onto a probe's cost curve, beside the speedup measured."""
+    from harness.probe import project
+
+    try:
+        probe = json.loads(Path(probe_path).read_text())
+        probe["engines"][engine]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise HarnessError(f"--probe: {probe_path} is not a probe.json with engine '{engine}'") from None
+    rows = pd.DataFrame(project(records, probe, engine))
+    title = (
+        f"Projection onto {probe['shape']} on {probe['card']}, {probe['dtype']}, engine {engine} "
+        "(cost from synthetic weights, acceptance from this run)"
+    )
+    if rows.empty:
+        return rows, title
+    greedy = table[table.temperature == 0][["task", "decoder", "k", "speedup"]]
+    merged = rows.merge(greedy.rename(columns={"speedup": "measured_speedup"}), on=["task", "decoder", "k"], how="left")
+    return merged, title
+
+
+def render(
+    run_dirs: list[str], out_dir: str | None = None, probe: str | None = None, probe_engine: str = "compile"
+) -> Path:
     """One run: its summary, figures and report.html (into the run directory unless ``out_dir``).
     Several runs: each one's figures plus a side-by-side comparison with deltas against the first."""
     runs = {}
@@ -250,19 +310,34 @@ def render(run_dirs: list[str], out_dir: str | None = None) -> Path:
         _write_tables(table, out, "summary")
         figures = _run_figures(_frame(records), table, out)
         sections.append(("Summary", _scoring_note(records) + _table_html(table)))
+        if probe:
+            projected, heading = projection_table(records, table, probe, probe_engine)
+            _write_tables(projected, out, "projection")
+            sections.append((heading, _table_html(projected)))
         sections.append(("Figures", "".join(_img(f) for f in figures)))
         sections.append(("Run", f"<pre>{html.escape(json.dumps(info, indent=1))}</pre>"))
         title = f"sdsat-bench: {label}"
     else:
         comparison = compare_runs(tables)
         _write_tables(comparison, out, "comparison")
+        differ = config_differences({label: info for label, (_, info) in runs.items()})
+        if differ:
+            warning = f"runs differ in configuration ({', '.join(differ)}): deltas compare unlike settings"
+            print(f"sdsat-bench: warning: {warning}", file=sys.stderr)
+            sections.append(("Warning", f"<p><b>{html.escape(warning)}</b></p>"))
         sections.append((f"Comparison (Δ against {next(iter(runs))})", _table_html(comparison)))
         sections.append(("pass@k by run", _img(plot_pass_at_k(comparison, out / "pass_at_k.png"))))
         for i, (label, (records, info)) in enumerate(runs.items()):
             figures = _run_figures(_frame(records), tables[label], out, prefix=f"run{i}_")
             machine = info.get("machine", {})
-            sections.append((f"Run {label}", f"<p>model {html.escape(str(info.get('model_path')))}; "
-                             f"{html.escape(str(machine.get('devices') or machine.get('platform')))}</p>"
-                             + _table_html(tables[label]) + "".join(_img(f) for f in figures)))  # fmt: skip
+            sections.append(
+                (
+                    f"Run {label}",
+                    f"<p>model {html.escape(str(info.get('model_path')))}; "
+                    f"{html.escape(str(machine.get('devices') or machine.get('platform')))}</p>"
+                    + _table_html(tables[label])
+                    + "".join(_img(f) for f in figures),
+                )
+            )
         title = "sdsat-bench: " + " vs ".join(runs)
     return write_html(out, title, sections)

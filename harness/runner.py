@@ -16,6 +16,9 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 DECODERS_WITH_K = ("sdsat", "sdsat-fused")  # the others take no draft length (hf-pld: its default lookup length)
+# A control, not a decoder: the dataset's reference solution scored as a completion through the same
+# prompt, assembly and sandbox, so a scoring regression shows as its pass@1 falling below 1 (CI gates it).
+REFERENCE = "reference"
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,7 @@ class RunConfig:
     adaptive_tokens: str | None = None
     draft_model: str | None = None  # hf-assisted's draft model
     groups: str = "all"  # sdsat-fused's group policy: all, or comma-separated acceptance lengths
-    engine: str = "eager"  # how ar/sdsat/sdsat-fused run passes: eager | static (KV cache) | compile
+    engine: str = "auto"  # ar/sdsat/sdsat-fused passes: auto (compile on CUDA, eager on CPU) | eager | static | compile
     attn_implementation: str = "sdpa"  # transformers' attention kernel: sdpa | eager
     fim_order: str = "psm"
     allow_code_execution: bool = False
@@ -93,6 +96,8 @@ def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
             for temp in cfg.temperatures:
                 samples = cfg.n_samples if temp > 0 else 1
                 for decoder in sorted(cfg.decoders, key=lambda d: d != "ar"):
+                    if decoder == REFERENCE and (p.reference is None or temp > 0):
+                        continue
                     ks = _draft_lengths(decoder, cfg.ks)
                     accepts = cfg.accepts if decoder in DECODERS_WITH_K and temp > 0 else ("-",)
                     for k in ks:
@@ -218,6 +223,39 @@ def _parse_record(line: str) -> dict | None:
         return None
 
 
+def _higher_precision(cfg: RunConfig, device):
+    """The run's model in the precision that judges its greedy divergences (harness.exactness)."""
+    from harness.models import load_model
+
+    higher = {"bf16": "fp32", "fp16": "fp32", "fp32": "fp64", "fp64": "fp64"}[cfg.dtype]
+    return load_model(cfg.model, device, higher, cfg.adaptive_tokens, cfg.attn_implementation).model
+
+
+def reference_generation(problem):
+    """The control's 'generation': the reference as the completion, no tokens, no timing."""
+    from harness.decoding import Generation, Stats
+
+    return Generation([], problem.reference, "reference", Stats(loops_observed=False))
+
+
+def _write_run_json(out: Path, cfg: RunConfig, facts: dict, isolation: str | None) -> None:
+    """run.json: this start's configuration and machine; a resumed run keeps what its earlier starts
+    did (code executed in any start stays recorded) and lists every start."""
+    path = out / "run.json"
+    earlier = json.loads(path.read_text()) if path.exists() else {}
+    this = {"allow_code_execution": cfg.allow_code_execution, "isolation": isolation}
+    starts = [*earlier.get("starts", []), this]
+    info = {
+        "config": cfg.identity(),
+        "data_dir": cfg.data_dir,
+        **facts,
+        "allow_code_execution": any(s["allow_code_execution"] for s in starts),
+        "isolation": sorted({s["isolation"] for s in starts if s["isolation"]}) or None,
+        "starts": starts,
+    }
+    path.write_text(json.dumps(info, indent=1))
+
+
 def verdict_fields(verdict) -> dict:
     """A record's scoring: passed (None when unscored: not executed, or its toolchain unavailable),
     the status, why, and which sandbox judged it."""
@@ -321,11 +359,27 @@ def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = Tru
     if not shard.is_main:
         shard.wait()  # the others read what the main process checked and repaired
         return _run_units(cfg, out, _read_records(out), shard, isolation, progress)
+    created = not out.exists()
     _writable_dir(out)
-    with run_lock(out):
-        previous = _prepare_out(out, cfg, resume)
-        shard.wait()
-        return _run_units(cfg, out, previous, shard, isolation, progress)
+    try:
+        with run_lock(out):
+            previous = _prepare_out(out, cfg, resume)
+            shard.wait()
+            return _run_units(cfg, out, previous, shard, isolation, progress)
+    except BaseException:
+        if created:
+            _remove_if_unused(out)  # a start that failed before its first record leaves no directory behind
+        raise
+
+
+def _remove_if_unused(out: Path) -> None:
+    if any(f.exists() and f.stat().st_size for f in _result_files(out)):
+        return
+    for name in (".lock", "run.json", "results.jsonl"):
+        with contextlib.suppress(FileNotFoundError):
+            (out / name).unlink()
+    with contextlib.suppress(OSError):
+        out.rmdir()  # only if nothing else is in it
 
 
 def _run_units(
@@ -334,6 +388,7 @@ def _run_units(
     from tqdm import tqdm
 
     from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.exactness import GreedyComparison
     from harness.models import encode_prompt, load_model, resolve_model_path
     from harness.scoring import judge
     from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
@@ -362,36 +417,29 @@ def _run_units(
     devices = shard.gather(f"{lm.device}" + (f" {torch_device_name(lm.device)}" if lm.device.type == "cuda" else ""))
     if shard.is_main:
         path = resolve_model_path(cfg.model)
-        (out / "run.json").write_text(
-            json.dumps(
-                {
-                    "config": cfg.identity(),
-                    "data_dir": cfg.data_dir,
-                    "allow_code_execution": cfg.allow_code_execution,
-                    "model_path": path,
-                    "model_sha256": model_hash(path),
-                    "machine": machine(),
-                    "units": len(units),
-                    "processes": shard.count,
-                    "process_devices": devices,
-                    "isolation": isolation,
-                },
-                indent=1,
-            )
+        _write_run_json(
+            out,
+            cfg,
+            {
+                "model_path": path,
+                "model_sha256": model_hash(path),
+                "machine": machine(),
+                "units": len(units),
+                "processes": shard.count,
+                "process_devices": devices,
+                "engine": lm.engine.mode,  # what --engine auto chose
+            },
+            isolation,
         )
     results = out / "results.jsonl" if shard.count == 1 else out / f"results.rank{shard.index}.jsonl"
     done = {record_key(r) for r in previous}
-    ar_completions = {
-        (r["task"], r["problem_id"]): r["completion"]
-        for r in previous
-        if r["decoder"] == "ar" and r["temperature"] == 0
-    }
+    greedy = GreedyComparison(lm.model, lambda: _higher_precision(cfg, device), previous)
     my_units = plan(cfg, mine)
     todo = [u for u in my_units if u.key not in done]
     decoders: dict = {}
     for unit in todo:
         dkey = (unit.decoder, unit.k, unit.accept)
-        if dkey not in decoders:
+        if dkey not in decoders and unit.decoder != REFERENCE:
             accept = "exact" if unit.accept == "-" else unit.accept
             decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
     prompts = {}
@@ -420,7 +468,7 @@ def _run_units(
             problem = by_id[(unit.task, unit.problem_id)]
             task = get_task(unit.task)
             dkey = (unit.decoder, unit.k, unit.accept)
-            if (dkey, unit.temperature) not in warmed:  # compilation and warm-up stay outside the timed records
+            if unit.decoder != REFERENCE and (dkey, unit.temperature) not in warmed:  # outside the timed records
                 warmed.add((dkey, unit.temperature))
                 warm_up(lm, decoders[dkey], SamplingParams(unit.temperature, seed=0))
             ids = prompts[(unit.task, unit.problem_id)]
@@ -429,33 +477,30 @@ def _run_units(
             )
             seed = int(hashlib.sha256(repr((cfg.seed, *unit.key)).encode()).hexdigest()[:8], 16)
             sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0, cfg.top_k, seed)
-            gen = decoders[dkey].generate(ids, stop, sampling)
+            if unit.decoder == REFERENCE:
+                gen = reference_generation(problem)
+            else:
+                gen = decoders[dkey].generate(ids, stop, sampling)
             completion = gen.text
             verdict = None
             if task.scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
                 verdict = judge(problem, completion, isolation=cfg.isolation)
-            if unit.decoder == "ar" and unit.temperature == 0:
-                ar_completions[(unit.task, unit.problem_id)] = completion
-            ar = ar_completions.get((unit.task, unit.problem_id))
+            exact = greedy.fields(unit, gen, ids, stop.eos_token_ids, control=unit.decoder == REFERENCE)
             st = gen.stats
             record = {
                 **asdict(unit),
                 "top_p": sampling.top_p,
                 "completion": completion,
                 **verdict_fields(verdict),
-                "new_tokens": st.new_tokens,
-                "forward_passes": st.forward_passes,
-                "loops": len(st.loops),
-                "drafted": st.drafted,
-                "accepted": st.accepted,
-                "accept_rate": st.accept_rate,
-                "mean_accepted_length": st.mean_accepted_length,
-                "prefill_s": st.prefill_s,
-                "decode_s": st.decode_s,
-                "tokens_per_s": st.tokens_per_s,
+                **st.to_dict(per_loop=False),  # every statistic the README lists
                 "stop_reason": gen.stop_reason,
                 "device": str(lm.device),
-                "identical_to_ar": (completion == ar) if unit.temperature == 0 and ar is not None else None,
+                "token_ids": list(gen.tokens),
+                # the query lengths of its decode passes (the projection onto a probe's cost curve)
+                "block_sizes": list(decoders[dkey].block_sizes(unit.temperature <= 0)) or None
+                if unit.decoder != REFERENCE
+                else None,
+                **exact,
             }
             _append(f, record, results)
             bar.update(1)

@@ -117,3 +117,49 @@ def test_bad_input_from_the_console_has_no_traceback(tiny_checkpoint):
 def test_missing_subcommand_argument_is_one_line(capsys):
     code, _, err = _run(capsys, "decode", "--prompt", "x")
     assert code != 0 and len(err.strip().splitlines()) == 1 and "--model" in err
+
+
+def test_decode_reports_k_only_where_a_decoder_takes_one_and_no_false_zeros(capsys, tiny_checkpoint):
+    for decoder, k in (("ar", None), ("hf-pld", 3)):
+        code, out, _ = _run(
+            capsys,
+            "decode",
+            "--model",
+            str(tiny_checkpoint),
+            "--decoder",
+            decoder,
+            "--k",
+            "3",
+            "--prompt",
+            "abc",
+            "--max-new-tokens",
+            "6",
+            "--json",
+        )
+        record = json.loads(out)
+        assert code == 0 and record["k"] == k
+        if decoder == "hf-pld":  # transformers' loop: drafted and accepted are unknown, not 0
+            assert record["drafted"] is None and record["accepted"] is None and record["loops"] is None
+
+
+def test_help_and_argument_errors_answer_without_loading_torch():
+    for args, code in ((["--help"], 0), (["decode", "--model", "x", "--dtype", "fp8", "--prompt", "a"], 2)):
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys\nfrom harness.cli import main\ntry:\n    code = main(sys.argv[1:])\n"
+                "except SystemExit as e:\n    code = e.code\nprint('torch' in sys.modules)\nsys.exit(code)",
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == code and proc.stdout.strip().endswith("False"), (args, proc.stdout, proc.stderr)
+    assert (
+        "developer"
+        not in subprocess.run(
+            [sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True
+        ).stdout.splitlines()[2]
+    )

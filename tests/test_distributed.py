@@ -14,7 +14,7 @@ import pytest
 from harness.cli import main
 
 RUN = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "1,2", "--limit", "5", "--max-new-tokens", "6"]
-MEASURED = ("prefill_s", "decode_s", "tokens_per_s", "device")
+MEASURED = ("prefill_s", "decode_s", "tokens_per_s", "tokens_per_s_e2e", "device")
 
 
 # --multi_gpu is accelerate's torchrun launcher; on a machine without CUDA its processes use gloo

@@ -164,6 +164,7 @@ def test_suite_settings_and_flag_overrides(capsys, tmp_path, tiny_checkpoint):
         ("ar", 0),
         ("sdsat", 2),
         ("sdsat-fused", 2),
+        ("reference", 0),  # the scoring control
     }
     assert json.loads((out / "run.json").read_text())["config"]["max_new_tokens"] == 4
     capsys.readouterr()
@@ -195,3 +196,53 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
 
     with pytest.raises(HarnessError, match=r"cannot write .*results.jsonl \(No space left on device\).*--resume"):
         _append(FullDisk(), {"a": 1}, tmp_path / "results.jsonl")
+
+
+def test_resume_refuses_results_without_their_run_json(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]) == 0
+    (out / "run.json").unlink()
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out), "--resume"]) == 2
+    assert "run.json is missing" in capsys.readouterr().err.replace(str(out) + "/", "")
+    assert len(_records(out)) == 9  # nothing appended
+
+
+def test_a_failed_start_leaves_nothing_and_blocks_nothing(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    bad = [a if a != "1,2" else "1,9" for a in RUN]  # k = 9: beyond the tiny model's 4 adaptive tokens
+    assert main(["run", "--model", str(tiny_checkpoint), *bad, "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main(["run", "--model", "/no/such/model", *RUN, "--out", str(out)]) == 2
+    assert not out.exists()
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"config": {"ks": [1, 9]}}))  # a failed start's run.json
+    capsys.readouterr()
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out), "--resume"]) == 0
+
+
+def test_resume_keeps_what_earlier_starts_did(tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    run = ["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]
+    assert main([*run, "--allow-code-execution"]) == 0
+    assert main([*run, "--resume"]) == 0  # resumed without execution: the executed verdicts stay recorded
+    info = json.loads((out / "run.json").read_text())
+    assert info["allow_code_execution"] is True
+    assert [s["allow_code_execution"] for s in info["starts"]] == [True, False]
+
+
+def test_check_names_absent_tasks_instead_of_calling_them_regressions(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_checkpoint), *RUN, "--out", str(out)]) == 0
+    baseline = tmp_path / "baseline.json"
+    assert main(["check", str(out), "--baseline", str(baseline), "--update-baseline"]) == 0
+    data = json.loads(baseline.read_text())
+    data["metrics"]["multiple-js/ar/k=0:tokens_per_forward"] = {"value": 1.0, "kind": "rel", "tolerance": 0.05}
+    baseline.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["check", str(out), "--baseline", str(baseline)]) == 1
+    text = capsys.readouterr().out
+    assert "absent from this run" in text and "multiple-js" in text and "missing" not in text
+    data["metrics"]["humaneval/ar/k=0:bogus"] = {"value": "x"}
+    baseline.write_text(json.dumps(data))
+    assert main(["check", str(out), "--baseline", str(baseline)]) == 2
+    assert "malformed entry" in capsys.readouterr().err

@@ -78,10 +78,12 @@ def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
 
 
 def test_humaneval_validation_all_references_pass():
-    result = validate(load_problems("humaneval"), workers=2)
-    assert result["ok"] and result["references_passed"] == 164
+    """Every other problem (`sdsat-bench validate humaneval` runs all 164, see the README)."""
+    problems = load_problems("humaneval")[::2]
+    result = validate(problems, workers=2)
+    assert result["ok"] and result["references_passed"] == len(problems) == 82
     # the deliberately wrong body and each early-exit trick, on every problem
-    assert result["wrong_statuses"] == {"failed": 164 * (1 + len(CHEATS["python"]))}
+    assert result["wrong_statuses"] == {"failed": len(problems) * (1 + len(CHEATS["python"]))}
 
 
 @pytest.mark.parametrize("task", ["humaneval-infill-random-span-light", "santacoder-fim-py", "santacoder-fim-js",
@@ -145,8 +147,10 @@ def test_malformed_data_is_one_line_naming_file_and_line(tmp_path, data_dir, mut
 def test_cli_tasks_exec_validate(capsys, tmp_path, data_dir):
     assert main(["tasks", "--data-dir", data_dir]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == list(registry())
-    assert lines[0].split()[1:3] == ["python", "164"]
+    assert lines[0].split()[:3] == ["task", "language", "size"]
+    assert [line.split()[0] for line in lines[1:]] == list(registry())
+    assert lines[1].split()[1:3] == ["python", "164"]
+    assert {line.split()[1] for line in lines[1:]} <= {"python", "cpp", "java", "js", "ts", "php", "sh", "rs", "go"}
     prog = tmp_path / "p.py"
     prog.write_text("assert 1 + 1 == 2\n")
     assert main(["exec", "--language", "python", str(prog)]) == 0

@@ -1,0 +1,293 @@
+"""What decoding costs at a given model shape on this card, whatever a model accepts.
+
+A synthetic checkpoint is built from a shape (``codellama-7b``, ``codellama-13b`` or any config.json)
+with random weights on the device, no download, with the default model's tokenizer and adaptive tokens:
+- ``random``: the weights as initialised: realistic cost, meaningless tokens;
+- ``all-accept``: the final norm zeroed, so every logit is 0 and the greedy token and every draft are
+  token 0: every draft is accepted, the speed ceiling of each decoder at that shape.
+Synthetic weights measure **cost, never acceptance**: the acceptance of a real model comes from a run,
+and :func:`project` combines the two.
+
+Measured per engine: the cost of one decode pass at block sizes 1..128 over a cached context, AR
+tokens/s, and each speculative decoder's all-accept tokens per forward pass, tokens/s, speedup over AR
+and efficiency (speedup / tokens per forward pass: 1.0 when a wide pass costs what a narrow one does).
+Beside them the card's HBM roofline for a decode step: weight bytes / memory bandwidth (measured by a
+device copy, and the card's nominal figure where known).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness import hf_compat
+from harness.errors import HarnessError
+
+SHAPES = {
+    "codellama-7b": {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "intermediate_size": 11008,
+    },
+    "codellama-13b": {
+        "hidden_size": 5120,
+        "num_hidden_layers": 40,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 40,
+        "intermediate_size": 13824,
+    },
+}
+NOMINAL_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # bytes/s, vendor datasheets
+BLOCKS = (1, 2, 4, 8, 16, 32, 64, 128)
+CONTEXT = 300  # cached positions before each timed pass (a HumanEval prompt and some of its answer)
+NEW_TOKENS = 128
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    shape: str
+    variant: str = "all-accept"  # random | all-accept
+    engines: tuple[str, ...] = ("eager", "compile")
+    dtype: str = "bf16"
+    device: str = "cuda"
+    decoders: tuple[tuple[str, int], ...] = (
+        ("sdsat", 3),
+        ("sdsat", 5),
+        ("sdsat", 7),
+        ("sdsat-fused", 3),
+        ("sdsat-fused", 5),
+        ("sdsat-fused", 7),
+    )
+    blocks: tuple[int, ...] = BLOCKS
+    repeats: int = 10
+
+
+def shape_config(shape: str, base_config) -> dict:
+    """The architecture of ``shape`` (a name or a config.json), on the default model's vocabulary."""
+    if shape in SHAPES:
+        arch = SHAPES[shape]
+    else:
+        path = Path(shape)
+        if not path.is_file():
+            raise HarnessError(f"unknown shape '{shape}' (choose from {', '.join(SHAPES)} or give a config.json)")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise HarnessError(f"{path}: malformed JSON ({exc.msg})") from None
+        keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+        if any(k not in raw for k in keys):
+            raise HarnessError(f"{path}: a Llama config needs {', '.join(keys)}")
+        arch = {k: raw[k] for k in (*keys, "num_key_value_heads") if k in raw}
+    return {**base_config.to_dict(), **arch, "max_position_embeddings": 4096}
+
+
+def synthetic_model(cfg: ProbeConfig):
+    """A LoadedModel of ``cfg.shape`` with random weights, built on the device (no download)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from harness.models import DTYPES, LoadedModel, load_model, resolve_device
+
+    base = load_model("default", "cpu", "fp32")  # tokenizer and adaptive tokens of the default model
+    device = resolve_device(cfg.device)
+    config = LlamaConfig(**shape_config(cfg.shape, base.model.config))
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype]).eval()
+    if cfg.variant == "all-accept":
+        with torch.no_grad():
+            model.model.norm.weight.zero_()  # every logit 0: greedy token and every draft are token 0
+    elif cfg.variant != "random":
+        raise HarnessError(f"--variant: expected random or all-accept, got '{cfg.variant}'")
+    return LoadedModel(
+        f"{cfg.shape}-{cfg.variant}",
+        model,
+        base.tokenizer,
+        base.adaptive,
+        None,
+        device,
+        DTYPES[cfg.dtype],
+        hf_compat.DecodeEngine(model, "eager"),
+    )
+
+
+def _timed(device: torch.device, fn, repeats: int) -> float:
+    """Median milliseconds of ``fn`` over ``repeats`` calls (CUDA events on a GPU)."""
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            import time
+
+            t = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
+    """Milliseconds of one decode pass of ``q`` tokens over ``CONTEXT`` cached positions, per block size."""
+    engine, device = lm.engine, lm.device
+    engine.reserve(CONTEXT + max(blocks) + 8)
+    engine.warm_up(blocks)
+    cache = engine.new_cache(CONTEXT + max(blocks))
+    ids = torch.ones(1, CONTEXT, dtype=torch.long, device=device)
+    engine.forward(cache, ids, torch.arange(CONTEXT, device=device)[None], prefill=True)
+    curve = {}
+    for q in blocks:
+        block = torch.ones(1, q, dtype=torch.long, device=device)
+        positions = torch.arange(CONTEXT, CONTEXT + q, device=device)[None]
+
+        def one_pass(block=block, positions=positions):
+            engine.forward(cache, block, positions)
+            cache.crop(CONTEXT)
+
+        one_pass()  # outside the timing: the first pass of a shape
+        curve[q] = _timed(device, one_pass, repeats)
+    return curve
+
+
+def decoder_speeds(lm, decoders, repeats: int) -> list[dict]:
+    """AR, then each speculative decoder: tokens per forward pass, decode tokens/s, speedup, efficiency."""
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+
+    prompt = list(range(1, CONTEXT + 1))
+    stop = StopCondition(NEW_TOKENS)  # no EOS, no stop string: every generation runs its full length
+    rows = []
+    for name, k in (("ar", 0), *decoders):
+        decoder = make_decoder(name, lm, k=k)
+        lm.engine.warm_up(decoder.block_sizes(True))
+        decoder.generate(prompt, stop, SamplingParams())  # warm-up
+        gens = [decoder.generate(prompt, stop, SamplingParams()) for _ in range(max(1, repeats // 3))]
+        rate = statistics.median(g.stats.tokens_per_s for g in gens)
+        rows.append(
+            {
+                "decoder": name,
+                "k": k,
+                "block_sizes": list(decoder.block_sizes(True)),
+                "tokens_per_forward": gens[0].stats.tokens_per_forward,
+                "tokens_per_s": rate,
+            }
+        )
+    ar = rows[0]["tokens_per_s"]
+    for row in rows:
+        row["speedup"] = row["tokens_per_s"] / ar
+        row["efficiency"] = row["speedup"] / row["tokens_per_forward"]
+    return rows
+
+
+def roofline(lm) -> dict:
+    """A decode step reads every weight once: weight bytes / bandwidth is its lower bound."""
+    weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    out = {"weight_bytes": weights}
+    if lm.device.type != "cuda":
+        return out
+    name = torch.cuda.get_device_name(lm.device)
+    x = torch.empty(1 << 30, dtype=torch.uint8, device=lm.device)
+    y = torch.empty_like(x)
+    ms = _timed(lm.device, lambda: y.copy_(x), 10)
+    measured = 2 * x.numel() / (ms / 1e3)  # a copy reads and writes every byte
+    out["bandwidth_measured"] = measured
+    out["step_ms_measured_bandwidth"] = weights / measured * 1e3
+    nominal = next((bw for card, bw in NOMINAL_BANDWIDTH.items() if card in name), None)
+    if nominal:
+        out["bandwidth_nominal"] = nominal
+        out["step_ms_nominal"] = weights / nominal * 1e3
+        out["tokens_per_s_nominal"] = nominal / weights
+    return out
+
+
+def run_probe(cfg: ProbeConfig, out_dir: str) -> Path:
+    """Build the shape, measure it under each engine, write probe.json and the cost figure."""
+    lm = synthetic_model(cfg)
+    card = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else "cpu"
+    result = {
+        "shape": cfg.shape,
+        "variant": cfg.variant,
+        "dtype": cfg.dtype,
+        "card": card,
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "context": CONTEXT,
+        "new_tokens": NEW_TOKENS,
+        "roofline": roofline(lm),
+        "engines": {},
+        "note": "synthetic weights: these numbers measure cost, never acceptance",
+    }
+    for engine in cfg.engines:
+        lm.engine = hf_compat.DecodeEngine(lm.model, engine)
+        curve = cost_curve(lm, cfg.blocks, cfg.repeats)
+        speeds = decoder_speeds(lm, cfg.decoders, cfg.repeats)
+        result["engines"][engine] = {"cost_ms": curve, "decoders": speeds, "ar_tokens_per_s": speeds[0]["tokens_per_s"]}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "probe.json"
+    path.write_text(json.dumps(result, indent=1))
+    plot_cost(result, out / "cost_vs_block.png")
+    return path
+
+
+def plot_cost(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for engine, data in result["engines"].items():
+        blocks = sorted(int(q) for q in data["cost_ms"])
+        ax.plot(blocks, [data["cost_ms"][q] for q in blocks], marker="o", label=f"{engine}")
+    step = result["roofline"].get("step_ms_nominal")
+    if step:
+        ax.axhline(step, linestyle="--", color="grey", label="HBM roofline (weights / bandwidth)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens in one decode pass")
+    ax.set_ylabel("ms per pass")
+    ax.set_title(f"{result['shape']} on {result['card']}, {result['dtype']} (synthetic weights: cost only)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def project(records: list[dict], probe: dict, engine: str) -> list[dict]:
+    """The speedup a run's acceptance would give at the probe's shape and card: per greedy record,
+    tokens per forward pass x cost(1 token) / cost(its main block), paired per problem, geometric mean.
+    (Each speculative pass is charged its decoder's largest block; host overheads are not projected.)"""
+    import math
+
+    curve = {int(q): ms for q, ms in probe["engines"][engine]["cost_ms"].items()}
+
+    def cost(q: int) -> float:
+        fits = [b for b in curve if b >= q]
+        return curve[min(fits)] if fits else curve[max(curve)] * q / max(curve)
+
+    # a record written before records carried their block sizes: the probe's decoder of that k has them
+    known = {(d["decoder"], d["k"]): d["block_sizes"] for d in probe["engines"][engine].get("decoders", [])}
+    groups: dict[tuple, list[float]] = {}
+    for r in records:
+        blocks = r.get("block_sizes") or known.get((r["decoder"], r["k"]))
+        if r["temperature"] != 0 or r["decoder"] == "ar" or not blocks or not r.get("forward_passes"):
+            continue
+        ratio = (r["new_tokens"] / r["forward_passes"]) * cost(1) / cost(max(blocks))
+        groups.setdefault((r["task"], r["decoder"], r["k"]), []).append(ratio)
+    return [
+        {
+            "task": t,
+            "decoder": d,
+            "k": k,
+            "projected_speedup": math.exp(statistics.mean(map(math.log, v))),
+            "problems": len(v),
+        }
+        for (t, d, k), v in sorted(groups.items())
+    ]
