@@ -98,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sdsat-bench", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _decode_parser(sub)
+    _run_parser(sub)
+    _report_parsers(sub)
+    _task_parsers(sub)
+    _train_parser(sub)
+    return parser
+
+
+def _decode_parser(sub) -> None:
+    """decode: one prompt through one decoder."""
     p = sub.add_parser("decode", help="generate from one prompt and print the completion and its statistics")
     _add_model_args(p)
     _add_decoding_args(p)
@@ -110,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print only one JSON object")
     p.set_defaults(func=_cmd_decode)
 
+
+def _run_parser(sub) -> None:
+    """run: the main job."""
     p = sub.add_parser("run", help="the main job: tasks x decoders x k x sampling -> results.jsonl, summary")
     _add_model_args(p, model_required=False)
     which = p.add_mutually_exclusive_group(required=True)
@@ -140,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_run)
 
+
+def _report_parsers(sub) -> None:
+    """report, probe, score, check: what is done with runs."""
     p = sub.add_parser("report", help="re-render summary, figures and report.html from results; compare runs")
     p.add_argument("runs", nargs="+", metavar="DIR", help="run directories; with several, deltas against the first")
     p.add_argument("--out", default=None, help="output directory (default: the first run's directory)")
@@ -178,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-baseline", action="store_true", help="write the run's metrics as the new baseline")
     p.set_defaults(func=_cmd_check)
 
+
+def _task_parsers(sub) -> None:
+    """tasks, exec, validate: the task registry and the sandbox."""
     p = sub.add_parser("tasks", help="list the registered tasks: name, language, size, data source")
     p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
     p.set_defaults(func=_cmd_tasks)
@@ -201,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_validate)
 
+
+def _train_parser(sub) -> None:
+    """train: the default-model recipe."""
     p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
     p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
     p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
@@ -249,7 +271,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compare-minutes", type=float, default=1.2, help="stage 'compare': minutes per variant")
     p.set_defaults(func=_cmd_train)
-    return parser
 
 
 def _recipe_stages() -> tuple[str, ...]:

@@ -385,123 +385,51 @@ def _remove_if_unused(out: Path) -> None:
 def _run_units(
     cfg: RunConfig, out: Path, previous: list[dict], shard, isolation: str | None, progress: bool
 ) -> Path | None:
+    """Load the model, plan this process's units, run those not in ``previous``, merge the shards."""
     from tqdm import tqdm
 
-    from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.decoding import SamplingParams
     from harness.exactness import GreedyComparison
-    from harness.models import encode_prompt, load_model, resolve_model_path
-    from harness.scoring import judge
-    from harness.tasks import build_prompt, get_task, load_problems, stop_token_ids
+    from harness.tasks import load_problems
 
     device = shard.device(cfg.device)
-    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, cfg.attn_implementation, cfg.engine)
-    draft = (
-        load_model(cfg.draft_model, device, cfg.dtype, attn_implementation=cfg.attn_implementation)
-        if cfg.draft_model
-        else None
-    )
-    if "hf-assisted" in cfg.decoders and draft is None:
-        raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
-    if any(d in DECODERS_WITH_K for d in cfg.decoders):
-        for k in cfg.ks:
-            if k > 0:
-                lm.require_adaptive(k)
+    lm, draft = _load_models(cfg, device)
     problems = {t: load_problems(t, cfg.data_dir, cfg.limit) for t in cfg.tasks}
     by_id = {(t, p.problem_id): p for t, ps in problems.items() for p in ps}
-    numbered = [(t, p) for t, ps in problems.items() for p in ps]
-    mine: dict[str, list] = {t: [] for t in problems}
-    for n, (t, p) in enumerate(numbered):
-        if shard.owns(n):
-            mine[t].append(p)
+    mine = _my_problems(problems, shard)
     units = plan(cfg, problems)
     devices = shard.gather(f"{lm.device}" + (f" {torch_device_name(lm.device)}" if lm.device.type == "cuda" else ""))
     if shard.is_main:
-        path = resolve_model_path(cfg.model)
-        _write_run_json(
-            out,
-            cfg,
-            {
-                "model_path": path,
-                "model_sha256": model_hash(path),
-                "machine": machine(),
-                "units": len(units),
-                "processes": shard.count,
-                "process_devices": devices,
-                "engine": lm.engine.mode,  # what --engine auto chose
-            },
-            isolation,
-        )
+        _write_run_json(out, cfg, _facts(cfg, lm, len(units), shard.count, devices), isolation)
     results = out / "results.jsonl" if shard.count == 1 else out / f"results.rank{shard.index}.jsonl"
     done = {record_key(r) for r in previous}
     greedy = GreedyComparison(lm.model, lambda: _higher_precision(cfg, device), previous)
     my_units = plan(cfg, mine)
     todo = [u for u in my_units if u.key not in done]
-    decoders: dict = {}
-    for unit in todo:
-        dkey = (unit.decoder, unit.k, unit.accept)
-        if dkey not in decoders and unit.decoder != REFERENCE:
-            accept = "exact" if unit.accept == "-" else unit.accept
-            decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
-    prompts = {}
-    for t, ps in mine.items():
-        for p in ps:
-            # completion prompts come without trailing whitespace (tasks._completion_prompt)
-            prompts[(t, p.problem_id)] = encode_prompt(lm.tokenizer, build_prompt(p, lm.fim, cfg.fim_order))
+    decoders = _decoders(cfg, lm, draft, todo)
+    prompts = _prompts(cfg, lm, mine)
     modes = {t <= 0 for t in cfg.temperatures}  # greedy and/or sampling
     blocks = [b for d in decoders.values() for g in modes for b in d.block_sizes(g)]
     # One static cache for the whole run: a later growth would recompile every compiled block size.
     lm.engine.reserve(max(map(len, prompts.values()), default=0) + cfg.max_new_tokens + max(blocks, default=1))
     warmed: set = set()
     desc = "sdsat-bench run" + (f" [process 0 of {shard.count}]" if shard.count > 1 else "")
-    with (
-        open(results, "a") as f,
-        tqdm(
-            total=len(my_units),
-            initial=len(my_units) - len(todo),
-            desc=desc,
-            unit="gen",
-            disable=not progress or not shard.is_main,
-            file=sys.stderr,
-        ) as bar,
-    ):
+    bar = tqdm(
+        total=len(my_units),
+        initial=len(my_units) - len(todo),
+        desc=desc,
+        unit="gen",
+        disable=not progress or not shard.is_main,
+        file=sys.stderr,
+    )
+    with open(results, "a") as f, bar:
         for unit in todo:
+            decoder = decoders.get((unit.decoder, unit.k, unit.accept))
+            if decoder is not None and (decoder, unit.temperature) not in warmed:  # outside the timed records
+                warmed.add((decoder, unit.temperature))
+                warm_up(lm, decoder, SamplingParams(unit.temperature, seed=0))
             problem = by_id[(unit.task, unit.problem_id)]
-            task = get_task(unit.task)
-            dkey = (unit.decoder, unit.k, unit.accept)
-            if unit.decoder != REFERENCE and (dkey, unit.temperature) not in warmed:  # outside the timed records
-                warmed.add((dkey, unit.temperature))
-                warm_up(lm, decoders[dkey], SamplingParams(unit.temperature, seed=0))
-            ids = prompts[(unit.task, unit.problem_id)]
-            stop = StopCondition(
-                cfg.max_new_tokens, problem.stop, stop_token_ids(problem, lm.tokenizer, lm.fim, lm.eos_token_ids)
-            )
-            seed = int(hashlib.sha256(repr((cfg.seed, *unit.key)).encode()).hexdigest()[:8], 16)
-            sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0, cfg.top_k, seed)
-            if unit.decoder == REFERENCE:
-                gen = reference_generation(problem)
-            else:
-                gen = decoders[dkey].generate(ids, stop, sampling)
-            completion = gen.text
-            verdict = None
-            if task.scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
-                verdict = judge(problem, completion, isolation=cfg.isolation)
-            exact = greedy.fields(unit, gen, ids, stop.eos_token_ids, control=unit.decoder == REFERENCE)
-            st = gen.stats
-            record = {
-                **asdict(unit),
-                "top_p": sampling.top_p,
-                "completion": completion,
-                **verdict_fields(verdict),
-                **st.to_dict(per_loop=False),  # every statistic the README lists
-                "stop_reason": gen.stop_reason,
-                "device": str(lm.device),
-                "token_ids": list(gen.tokens),
-                # the query lengths of its decode passes (the projection onto a probe's cost curve)
-                "block_sizes": list(decoders[dkey].block_sizes(unit.temperature <= 0)) or None
-                if unit.decoder != REFERENCE
-                else None,
-                **exact,
-            }
+            record = _run_unit(cfg, lm, unit, problem, prompts[(unit.task, unit.problem_id)], decoder, greedy)
             _append(f, record, results)
             bar.update(1)
     shard.wait()
@@ -509,6 +437,103 @@ def _run_units(
         return None
     _merge(out, units)
     return out / "results.jsonl"
+
+
+def _facts(cfg: RunConfig, lm, units: int, processes: int, devices: list) -> dict:
+    """What run.json says of the model and the machines besides the configuration."""
+    from harness.models import resolve_model_path
+
+    path = resolve_model_path(cfg.model)
+    return {
+        "model_path": path,
+        "model_sha256": model_hash(path),
+        "machine": machine(),
+        "units": units,
+        "processes": processes,
+        "process_devices": devices,
+        "engine": lm.engine.mode,
+    }  # what auto chose
+
+
+def _load_models(cfg: RunConfig, device: str):
+    """The model (with its engine) and the hf-assisted draft model, checked against the run's decoders."""
+    from harness.models import load_model
+
+    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, cfg.attn_implementation, cfg.engine)
+    draft = None
+    if cfg.draft_model:
+        draft = load_model(cfg.draft_model, device, cfg.dtype, attn_implementation=cfg.attn_implementation)
+    if "hf-assisted" in cfg.decoders and draft is None:
+        raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
+    if any(d in DECODERS_WITH_K for d in cfg.decoders):
+        for k in cfg.ks:
+            if k > 0:
+                lm.require_adaptive(k)
+    return lm, draft
+
+
+def _my_problems(problems: dict[str, list], shard) -> dict[str, list]:
+    """This process's share: every N-th problem in plan order (all units of a problem stay together)."""
+    numbered = [(t, p) for t, ps in problems.items() for p in ps]
+    mine: dict[str, list] = {t: [] for t in problems}
+    for n, (t, p) in enumerate(numbered):
+        if shard.owns(n):
+            mine[t].append(p)
+    return mine
+
+
+def _decoders(cfg: RunConfig, lm, draft, todo: list[WorkUnit]) -> dict:
+    from harness.decoding import make_decoder
+
+    decoders: dict = {}
+    for unit in todo:
+        dkey = (unit.decoder, unit.k, unit.accept)
+        if dkey not in decoders and unit.decoder != REFERENCE:
+            accept = "exact" if unit.accept == "-" else unit.accept
+            decoders[dkey] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
+    return decoders
+
+
+def _prompts(cfg: RunConfig, lm, mine: dict[str, list]) -> dict[tuple[str, str], list[int]]:
+    from harness.models import encode_prompt
+    from harness.tasks import build_prompt
+
+    # completion prompts come without trailing whitespace (tasks._completion_prompt)
+    return {
+        (t, p.problem_id): encode_prompt(lm.tokenizer, build_prompt(p, lm.fim, cfg.fim_order))
+        for t, ps in mine.items()
+        for p in ps
+    }
+
+
+def _run_unit(cfg: RunConfig, lm, unit: WorkUnit, problem, ids: list[int], decoder, greedy) -> dict:
+    """One generation (or the reference control), its verdict and exactness, as one record."""
+    from harness.decoding import SamplingParams, StopCondition
+    from harness.scoring import judge
+    from harness.tasks import get_task, stop_token_ids
+
+    stop = StopCondition(
+        cfg.max_new_tokens, problem.stop, stop_token_ids(problem, lm.tokenizer, lm.fim, lm.eos_token_ids)
+    )
+    seed = int(hashlib.sha256(repr((cfg.seed, *unit.key)).encode()).hexdigest()[:8], 16)
+    sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0, cfg.top_k, seed)
+    gen = reference_generation(problem) if decoder is None else decoder.generate(ids, stop, sampling)
+    verdict = None
+    if get_task(unit.task).scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
+        verdict = judge(problem, gen.text, isolation=cfg.isolation)
+    return {
+        **asdict(unit),
+        "top_p": sampling.top_p,
+        "completion": gen.text,
+        **verdict_fields(verdict),
+        **gen.stats.to_dict(per_loop=False),  # every statistic the README lists
+        "stop_reason": gen.stop_reason,
+        "device": str(lm.device),
+        "token_ids": list(gen.tokens),
+        # the query lengths of its decode passes (the projection onto a probe's cost curve)
+        "block_sizes": None if decoder is None else list(decoder.block_sizes(unit.temperature <= 0)) or None,
+        **greedy.fields(unit, gen, ids, stop.eos_token_ids, control=decoder is None),
+    }
 
 
 def torch_device_name(device) -> str:
