@@ -84,22 +84,23 @@ def _save(fig, out: Path) -> Path:
 
 
 def plot_vs_k(df: pd.DataFrame, metric: str, ylabel: str, out: Path) -> Path | None:
-    """The paper's Figures 3 and 4: ``metric`` against k, a line per task with a 95% band over
-    problems, a panel per sampling setting. k = 0 is the AR decoder (tokens/s only)."""
-    rows = df[df.decoder.isin(["sdsat"]) | ((df.decoder == "ar") & (metric == "tokens_per_s"))]
-    rows = rows[rows[metric].notna()]
-    if rows.empty:
+    """The paper's Figures 3 and 4: ``metric`` against k, a line per task and decoder that takes k
+    (solid: sdsat, dashed: sdsat-fused) with a 95% band over problems, a panel per sampling setting.
+    k = 0 is the AR decoder (tokens/s only)."""
+    spec = df[df.decoder.isin(DECODERS_WITH_K) & df[metric].notna()]
+    if spec.empty:
         return None
-    settings = sorted(rows[rows.decoder == "sdsat"].groupby(["temperature", "accept"]).groups)
-    if not settings:
-        return None
+    ar = df[(df.decoder == "ar") & df[metric].notna()] if metric == "tokens_per_s" else df.iloc[0:0]
+    settings = sorted(spec.groupby(["temperature", "accept"]).groups)
     fig, axes = _figure(len(settings))
     for ax, (temp, accept) in zip(axes, settings, strict=True):
-        panel = rows[(rows.temperature == temp) & ((rows.accept == accept) | (rows.decoder == "ar"))]
-        for task, g in panel.groupby("task"):
+        panel = spec[(spec.temperature == temp) & (spec.accept == accept)]
+        for (task, decoder), g in panel.groupby(["task", "decoder"]):
+            g = pd.concat([ar[(ar.task == task) & (ar.temperature == temp)], g])
             stats = [(k, *_mean_ci(gk[metric])) for k, gk in g.groupby("k")]
             ks, means, halves = (np.array(x, dtype=float) for x in zip(*stats, strict=True))
-            ax.plot(ks, means, marker="o", ms=3, label=task)
+            style = "--" if decoder == "sdsat-fused" else "-"
+            ax.plot(ks, means, style, marker="o", ms=3, label=f"{task} {decoder}")
             ax.fill_between(ks, means - halves, means + halves, alpha=0.15)
         ax.set(title=_setting(temp, accept), xlabel="k (adaptive tokens per loop; 0 = AR)", ylabel=ylabel)
         ax.grid(alpha=0.3)
