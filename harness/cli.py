@@ -84,6 +84,18 @@ def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256)
 
 
+def check_sampling(temperatures, top_p: float, top_k: int, max_new_tokens: int) -> None:
+    """Settings no decoder can honour are refused in one line (argparse types cannot see a suite's)."""
+    if any(t < 0 for t in temperatures):
+        raise HarnessError(f"--temperature must be >= 0 (0 = greedy), got {min(temperatures):g}")
+    if not 0 < top_p <= 1:
+        raise HarnessError(f"--top-p must be in (0, 1] (1 = off), got {top_p:g}")
+    if top_k < 0:
+        raise HarnessError(f"--top-k must be >= 0 (0 = off), got {top_k}")
+    if max_new_tokens < 1:
+        raise HarnessError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+
+
 def _add_isolation_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--isolation",
@@ -348,20 +360,21 @@ def _run_settings(args) -> dict:
 
 
 def _cmd_run(args) -> int:
-    _quiet_libraries()
-    from harness.decoding import DECODERS
-    from harness.report import compact_summary, render
-    from harness.runner import REFERENCE, RunConfig, run
-
     opts = _run_settings(args)
-    decoders = tuple(opts["decoders"].split(","))
-    for d in decoders:
-        if d not in (*DECODERS, REFERENCE):
-            raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join((*DECODERS, REFERENCE))})")
     try:
         temperatures = tuple(float(t) for t in str(opts["temperature"]).split(","))
     except ValueError:
         raise HarnessError(f"--temperature: expected comma-separated numbers, got '{opts['temperature']}'") from None
+    check_sampling(temperatures, opts["top_p"], args.top_k, opts["max_new_tokens"])
+    _quiet_libraries()  # the first import of transformers: after the arguments are checked
+    from harness.decoding import DECODERS
+    from harness.report import compact_summary, render
+    from harness.runner import REFERENCE, RunConfig, run
+
+    decoders = tuple(opts["decoders"].split(","))
+    for d in decoders:
+        if d not in (*DECODERS, REFERENCE):
+            raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join((*DECODERS, REFERENCE))})")
     models = [args.model] if args.model else opts["models"]
     if not models:
         raise HarnessError("--model is required (only a suite that lists models runs without it)")
@@ -546,13 +559,14 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_decode(args) -> int:
-    _quiet_libraries()
+    if not args.prompt:
+        raise HarnessError("empty prompt: --prompt needs some text")
+    check_sampling([args.temperature], args.top_p, args.top_k, args.max_new_tokens)
+    _quiet_libraries()  # the first import of transformers: after the arguments are checked
     from harness.decoding import SamplingParams, StopCondition, make_decoder
     from harness.models import encode_prompt, load_model
     from harness.runner import DECODERS_WITH_K
 
-    if not args.prompt:
-        raise HarnessError("empty prompt: --prompt needs some text")
     lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens, args.attn_implementation, args.engine)
     draft = (
         load_model(args.draft_model, args.device, args.dtype, attn_implementation=args.attn_implementation)
@@ -565,7 +579,8 @@ def _cmd_decode(args) -> int:
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
     lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)
-    prompt_ids = encode_prompt(lm.tokenizer, args.prompt)
+    # trailing whitespace goes, as in run: a prompt ending in a newline starts at an odd token boundary
+    prompt_ids = encode_prompt(lm.tokenizer, args.prompt.rstrip() or args.prompt)
     warmup = args.warmup if args.warmup is not None else (1 if lm.device.type == "cuda" else 0)
     for _ in range(warmup):
         decoder.generate(prompt_ids, stop, sampling)

@@ -146,7 +146,28 @@ def resolve_model_path(spec: str) -> str:
         return spec
     if os.path.exists(spec) or spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
         raise HarnessError(f"model directory not found: {spec}")
+    _check_hub_model(spec)
     return spec  # a hub id
+
+
+def _check_hub_model(spec: str) -> None:
+    """A hub id must be in the hub's local cache, or the hub must be reachable: say so at once, in
+    one line, rather than after transformers' retries (about 95 s here)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        return
+    missing = f"no local model '{spec}' (not a directory, not in the hub's cache)"
+    if constants.HF_HUB_OFFLINE:
+        raise HarnessError(f"{missing} and the hub is offline (HF_HUB_OFFLINE is set)")
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
+    except OSError:
+        raise HarnessError(f"{missing} and the hub cannot be reached from this machine") from None
 
 
 def resolve_device(name: str) -> torch.device:

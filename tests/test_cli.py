@@ -163,3 +163,69 @@ def test_help_and_argument_errors_answer_without_loading_torch():
             [sys.executable, "-m", "harness.cli", "--help"], capture_output=True, text=True
         ).stdout.splitlines()[2]
     )
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--max-new-tokens", "0", "--decoder", "hf"], "--max-new-tokens must be at least 1"),
+        (["--top-k", "-2"], "--top-k must be >= 0"),
+    ],
+)
+def test_impossible_sampling_settings_are_one_line(capsys, tiny_checkpoint, args, message):
+    code, _, err = _run(capsys, "decode", "--model", str(tiny_checkpoint), "--prompt", "abc", *args)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_run_refuses_impossible_sampling_before_anything_is_written(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "run"
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--model",
+        str(tiny_checkpoint),
+        "--tasks",
+        "humaneval",
+        "--temperature",
+        "0,-0.5",
+        "--out",
+        str(out),
+    )
+    assert code == 2 and "--temperature must be >= 0" in err and not out.exists()
+
+
+def test_a_prompt_beyond_the_models_positions_is_refused(capsys, tiny_checkpoint):
+    from harness.models import load_model
+
+    limit = load_model(str(tiny_checkpoint)).model.config.max_position_embeddings
+    for decoder in ("ar", "sdsat", "hf"):
+        code, _, err = _run(
+            capsys,
+            "decode",
+            "--model",
+            str(tiny_checkpoint),
+            "--decoder",
+            decoder,
+            "--k",
+            "2",
+            "--prompt",
+            "a" * limit,
+            "--max-new-tokens",
+            "8",
+        )
+        assert code == 2 and f"exceeds the model's {limit} positions" in err, (decoder, err)
+
+
+def test_an_unknown_hub_model_offline_is_one_line_at_once(capsys, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    start = time.monotonic()
+    code, _, err = _run(capsys, "decode", "--model", "some-name", "--prompt", "abc")
+    assert code == 2 and "no local model 'some-name'" in err and "offline" in err
+    assert time.monotonic() - start < 30

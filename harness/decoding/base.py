@@ -17,6 +17,7 @@ from typing import Protocol
 import torch
 
 from harness import hf_compat
+from harness.errors import HarnessError
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,16 @@ class StopCondition:
     max_new_tokens: int = 256
     stop_strings: tuple[str, ...] = ()
     eos_token_ids: frozenset[int] = frozenset()
+
+
+def check_room(config, prompt_tokens: int, max_new_tokens: int, block: int = 1) -> None:
+    """A generation must fit the model's positions: refused in one line, never garbage past them."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and prompt_tokens + max_new_tokens + block - 1 > limit:
+        raise HarnessError(
+            f"prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens (+ a block of {block}) exceeds the "
+            f"model's {limit} positions: shorten the prompt or lower --max-new-tokens"
+        )
 
 
 @dataclass

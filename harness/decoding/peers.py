@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers import StoppingCriteriaList, StopStringCriteria
 
-from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink
+from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink, check_room
 from harness.errors import HarnessError
 from harness.models import LoadedModel
 
@@ -41,6 +41,9 @@ class HfGenerateDecoder:
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
         if len(prompt_ids) == 0:
             raise HarnessError("empty prompt: at least one token is needed to decode from")
+        if stop.max_new_tokens < 1:
+            raise HarnessError("max_new_tokens must be at least 1")
+        check_room(self.lm.model.config, len(prompt_ids), stop.max_new_tokens)
         model = self.lm.model
         ids = torch.as_tensor([list(prompt_ids)], dtype=torch.long, device=self.lm.device)
         kwargs = dict(

@@ -17,6 +17,7 @@ from harness.decoding.base import (
     StopCondition,
     Timer,
     TokenSink,
+    check_room,
 )
 from harness.decoding.sampling import draw, make_generator, target_probs
 from harness.errors import HarnessError
@@ -36,6 +37,7 @@ class DecodeSession:
             raise HarnessError("empty prompt: at least one token is needed to decode from")
         if stop.max_new_tokens < 1:
             raise HarnessError("max_new_tokens must be at least 1")
+        check_room(lm.model.config, len(prompt_ids), stop.max_new_tokens, max_block)
         self.lm = lm
         self.prompt_ids = list(prompt_ids)
         self.sampling = sampling
