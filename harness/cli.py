@@ -412,6 +412,9 @@ def _cmd_run(args) -> int:
         import pandas as pd
 
         print(compact_summary(pd.read_csv(out / "summary.csv")))
+        levels = json.loads((out / "run.json").read_text()).get("isolation")
+        if levels:  # which sandbox judged the executed verdicts, on every run
+            print(f"\nexecuted in: {', '.join(levels)} (see README, 'The sandbox')")
         print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'} (every column)\nreport:  {page}")
         out_dirs.append(str(out))
     if len(out_dirs) > 1:
