@@ -323,3 +323,14 @@ def test_slots_give_concurrent_programs_distinct_uids():
     with ThreadPoolExecutor(3) as pool:
         uids = list(pool.map(lambda _: uid(), range(3)))
     assert len(set(uids)) == 3
+
+
+def test_the_proof_is_found_whatever_output_follows_it():
+    """Buffered output flushed at exit lands after the token: a correct program still passes."""
+    from harness.execution.sandbox import run_tests
+
+    head = "def f():\n    print('x' * 20000)\n    return 1"
+    verdict = run_tests(PY, head, "assert f() == 1\nimport atexit\natexit.register(print, 'y' * 9000)")
+    assert verdict.status == "passed" and verdict.tests_completed, verdict
+    cheat = run_tests(PY, "def f():\n    import os\n    os._exit(0)", "assert f() == 2")
+    assert cheat.status == "failed" and cheat.tests_completed is False

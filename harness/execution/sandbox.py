@@ -338,13 +338,17 @@ class _Outcome:
     capped: bool
     oom: bool
     memory_limit: str
+    proof_seen: bool | None  # None: no proof asked for
 
 
 class _Pumped:
     """Reads the program's stdout, stderr and the driver's status pipe until it exits or its time is up."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
+    def __init__(self, proc: subprocess.Popen, proof: bytes | None) -> None:
         self.proc = proc
+        # The proof token is looked for in the whole stream as it passes (the tails are for display):
+        # output flushed after it, from buffers or exit handlers, cannot push it out of sight.
+        self.proof, self.proof_seen, self._carry = proof, False, b""
         self.pipes = {proc.stdout.fileno(): proc.stdout, proc.stderr.fileno(): proc.stderr}
         self.stdout, self.stderr = _Tail(), _Tail()
         self.streams = dict(zip(self.pipes, (self.stdout, self.stderr), strict=True))
@@ -395,6 +399,10 @@ class _Pumped:
             return b"\nbuilt\n" in b"\n" + self.status
         else:
             self.streams[fd].feed(chunk)
+            if self.proof and fd == self.proc.stdout.fileno() and not self.proof_seen:
+                window = self._carry + chunk
+                self.proof_seen = self.proof in window
+                self._carry = window[-len(self.proof) :]
             if self.streams[fd].total > OUTPUT_CAP:
                 self.capped = True
                 sel.unregister(fd)
@@ -413,8 +421,9 @@ class _Pumped:
             None,
         )
         build_code = None if failed is None else int(failed[1]) if failed[1:2] and failed[1].isdigit() else -1
+        seen = None if self.proof is None else self.proof_seen
         return _Outcome(
-            self.exit_code, self.timed_out, build_code, self.stdout, self.stderr, self.capped, oom, memory_limit
+            self.exit_code, self.timed_out, build_code, self.stdout, self.stderr, self.capped, oom, memory_limit, seen
         )
 
 
@@ -455,6 +464,7 @@ def _execute(
     limits: Limits,
     isolation: str,
     language: Language | None,
+    proof: bytes | None = None,
 ) -> Verdict:
     start = time.perf_counter()
     run_timeout = limits.timeout_s or (language.run_timeout_s if language else 15.0)
@@ -482,7 +492,7 @@ def _execute(
             for fd in (status_w, json_w):
                 os.close(fd)
             status_w = json_w = -1
-            pumped = _Pumped(proc)
+            pumped = _Pumped(proc, proof)
             try:
                 pumped.pump(status_r, json_r, build_timeout if build else run_timeout, run_timeout)
             finally:
@@ -538,10 +548,12 @@ def _judge(o: _Outcome, wall_s: float, isolation: str, language: Language | None
         how = (
             f"killed by signal {-o.exit_code}" if o.exit_code is not None and o.exit_code < 0 else f"exit {o.exit_code}"
         )
-        return verdict("failed", f"run failed ({how})" + (", memory limit reached" if o.oom else ""), False)
+        return verdict("failed", f"run failed ({how})" + (", memory limit reached" if o.oom else ""), o.proof_seen)
     if o.capped:
-        return verdict("failed", f"output over {OUTPUT_CAP} bytes", False)
-    return verdict("passed", "exit 0")
+        return verdict("failed", f"output over {OUTPUT_CAP} bytes", o.proof_seen)
+    if o.proof_seen is False:
+        return verdict("failed", "exit 0 without proof that the tests ran to their end", False)
+    return verdict("passed", "exit 0", o.proof_seen)
 
 
 def run_program(
@@ -559,14 +571,8 @@ def run_program(
     if missing:
         return Verdict("unavailable", None, 0.0, "", level, f"{missing} not found: {language.install_hint}")
     files = {language.file_name: source.encode("utf-8", "surrogateescape")}
-    verdict = _execute(language.run, language.build, files, dict(language.env), limits, level, language)
-    if proof is not None and verdict.status == "passed":
-        verdict.tests_completed = proof in verdict.stdout
-        if not verdict.tests_completed:
-            verdict.status, verdict.detail = "failed", "exit 0 without proof that the tests ran to their end"
-    elif proof is not None and verdict.status == "failed":
-        verdict.tests_completed = False
-    return verdict
+    proof_bytes = None if proof is None else proof.encode()
+    return _execute(language.run, language.build, files, dict(language.env), limits, level, language, proof_bytes)
 
 
 def run_tests(
