@@ -112,10 +112,9 @@ def exactness_failures(records: list[dict], info: dict) -> list[str]:
     not rounding: harness.exactness), and in fp32/fp64 any divergence at all."""
     strict = (info.get("config") or {}).get("dtype", "fp32") in ("fp32", "fp64")
     bad = ("numerical", "mismatch") if strict else ("mismatch",)
-    failing = [r for r in records if r.get("exactness") in bad]
     lines = []
     for cls in bad:
-        hits = [r for r in failing if r["exactness"] == cls]
+        hits = [r for r in records if r.get("exactness") == cls]
         if hits:
             where = ", ".join(sorted({f"{r['task']}/{r['decoder']}/k={r['k']}" for r in hits}))
             lines.append(

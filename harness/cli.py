@@ -368,7 +368,7 @@ def _cmd_run(args) -> int:
     check_sampling(temperatures, opts["top_p"], args.top_k, opts["max_new_tokens"])
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
     from harness.decoding import DECODERS
-    from harness.report import compact_summary, render
+    from harness.report import render
     from harness.runner import REFERENCE, RunConfig, run
 
     decoders = tuple(opts["decoders"].split(","))
@@ -408,18 +408,24 @@ def _cmd_run(args) -> int:
         )
         if run(cfg, str(out), resume=args.resume) is None:
             continue  # another process of a distributed run: the main process merges and reports
-        page = render([str(out)])
-        import pandas as pd
-
-        print(compact_summary(pd.read_csv(out / "summary.csv")))
-        levels = json.loads((out / "run.json").read_text()).get("isolation")
-        if levels:  # which sandbox judged the executed verdicts, on every run
-            print(f"\nexecuted in: {', '.join(levels)} (see README, 'The sandbox')")
-        print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'} (every column)\nreport:  {page}")
+        _print_run(out, render([str(out)]))
         out_dirs.append(str(out))
     if len(out_dirs) > 1:
         print(f"comparison: {render(out_dirs, args.out)}")  # only the main process gets here with several
     return 0
+
+
+def _print_run(out: Path, page: Path) -> None:
+    """What a finished run prints: the compact summary, which sandbox judged it, where everything is."""
+    import pandas as pd
+
+    from harness.report import compact_summary
+
+    print(compact_summary(pd.read_csv(out / "summary.csv")))
+    levels = json.loads((out / "run.json").read_text()).get("isolation")
+    if levels:  # which sandbox judged the executed verdicts, on every run
+        print(f"\nexecuted in: {', '.join(levels)} (see README, 'The sandbox')")
+    print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'} (every column)\nreport:  {page}")
 
 
 def _cmd_report(args) -> int:

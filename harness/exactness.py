@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-HIGHER = {torch.bfloat16: torch.float32, torch.float16: torch.float32, torch.float32: torch.float64}
+# The precision that judges a run's divergences, by the run's --dtype (fp64 is judged by itself).
+HIGHER_PRECISION = {"bf16": "fp32", "fp16": "fp32", "fp32": "fp64", "fp64": "fp64"}
 
 
 @dataclass

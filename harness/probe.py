@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +129,6 @@ def _timed(device: torch.device, fn, repeats: int) -> float:
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
-            import time
-
             t = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t) * 1e3)

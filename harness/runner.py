@@ -225,9 +225,10 @@ def _parse_record(line: str) -> dict | None:
 
 def _higher_precision(cfg: RunConfig, device):
     """The run's model in the precision that judges its greedy divergences (harness.exactness)."""
+    from harness.exactness import HIGHER_PRECISION
     from harness.models import load_model
 
-    higher = {"bf16": "fp32", "fp16": "fp32", "fp32": "fp64", "fp64": "fp64"}[cfg.dtype]
+    higher = HIGHER_PRECISION[cfg.dtype]
     return load_model(cfg.model, device, higher, cfg.adaptive_tokens, cfg.attn_implementation).model
 
 

@@ -508,7 +508,7 @@ def _execute(
                         os.close(fd)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
-    return _judge(outcome, time.perf_counter() - start, isolation, language)
+    return _judge(outcome, time.perf_counter() - start, isolation)
 
 
 def _private_dir(files: dict[str, bytes], uid: int | None) -> str:
@@ -534,7 +534,7 @@ def _kill(proc: subprocess.Popen, init_pid: int | None) -> None:
         proc.wait(timeout=5)
 
 
-def _judge(o: _Outcome, wall_s: float, isolation: str, language: Language | None) -> Verdict:
+def _judge(o: _Outcome, wall_s: float, isolation: str) -> Verdict:
     def verdict(status: str, detail: str, completed: bool | None = None) -> Verdict:
         return Verdict(
             status, o.exit_code, wall_s, o.stderr.text(), isolation, detail, o.stdout.text(), completed, o.memory_limit
