@@ -8,6 +8,7 @@ their verdict, tamper with each other or with the host.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -208,31 +209,78 @@ def test_nothing_outlives_its_verdict(level):
     assert not _slot_processes()
 
 
+def _kill_harness_mid_run(tmp_path: Path, program: str, level: str, slots: int, processes: int) -> int:
+    """Start a harness running ``program`` (at ``level``, with ``slots`` sandbox slots), SIGKILL it once
+    ``processes`` of the program's processes run (counted after its probe, whose short programs would
+    count too), and return its pid."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "from harness.execution import sandbox\n"
+        "from harness.execution.languages import LANGUAGES\n"
+        f"sandbox.SLOTS = {slots}\n"
+        "sandbox.available_levels()\n"
+        "print('probed', flush=True)\n"
+        f"sandbox.run_program(LANGUAGES['python'], {program!r}, sandbox.Limits(timeout_s=60), {level!r})\n"
+    )
+    harness = subprocess.Popen(
+        [sys.executable, str(driver)],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert harness.stdout.readline() == "probed\n"
+        deadline = time.monotonic() + 20
+        while len(_slot_processes(harness.pid)) < processes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(_slot_processes(harness.pid)) >= processes, "the program never started"
+    finally:
+        harness.kill()
+        _, errors = harness.communicate()
+    assert harness.returncode == -signal.SIGKILL, errors
+    return harness.pid
+
+
 @pytest.mark.parametrize("level", ALL_LEVELS)
 def test_harness_killed_mid_run_leaves_nothing(level, tmp_path):
     if level == "rlimits" and sandbox.cgroup.hierarchy() is None:
         pytest.skip("rlimits without control groups")
-    driver = tmp_path / "driver.py"
-    driver.write_text(
-        "from harness.execution.sandbox import run_program, Limits\n"
-        "from harness.execution.languages import LANGUAGES\n"
-        f"run_program(LANGUAGES['python'], 'import os, time\\nos.setsid() if os.fork() == 0 else None\\n"
-        f"time.sleep(60)\\n', Limits(timeout_s=60), {level!r})\n"
-    )
-    harness = subprocess.Popen([sys.executable, str(driver)], cwd=Path(__file__).resolve().parents[1])
-    deadline = time.monotonic() + 20
-    while len(_slot_processes(harness.pid)) < 2 and time.monotonic() < deadline:  # the program and its child
-        time.sleep(0.05)
-    assert _slot_processes(harness.pid), "the program never started"
-    harness.kill()
-    harness.wait()
+    program = "import os, time\nos.setsid() if os.fork() == 0 else None\ntime.sleep(60)\n"
+    harness = _kill_harness_mid_run(tmp_path, program, level, SLOTS, processes=2)  # the program and its child
     deadline = time.monotonic() + 5
-    while _slot_processes(harness.pid) and time.monotonic() < deadline:
+    while _slot_processes(harness) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if level == "rlimits":  # no namespace dies with the harness: its control group is cleared on the next start
-        sandbox.cgroup.kill_stale_groups()
+    if level == "rlimits":  # no namespace dies with the harness: what it left is cleared on the next start
+        sandbox.clear_stale()
         time.sleep(0.2)
-    assert not _slot_processes(harness.pid)
+    assert not _slot_processes(harness)
+    if sandbox._is_root():
+        left = [e.path for e in sandbox._shared_temp_entries() if e.name.startswith("sdsat-exec-")]
+        assert not [path for path in left if os.lstat(path).st_uid >= SLOT_UID_BASE], left
+
+
+def test_rlimits_next_program_of_a_slot_finds_nothing_of_a_killed_one(tmp_path, monkeypatch):
+    """Without a private /tmp, what a program made there (and its working directory, left when its
+    harness was killed) would reach the next program given the same uid."""
+    if not sandbox._is_root() or sandbox.cgroup.hierarchy() is None:
+        pytest.skip("per-program uids need root; reaching a killed harness's programs needs control groups")
+    program = 'import os, time\nopen("/tmp/sdsat-left-" + str(os.getpid()), "w").write("x")\ntime.sleep(60)\n'
+    harness = _kill_harness_mid_run(tmp_path, program, "rlimits", slots=1, processes=1)
+    monkeypatch.setattr(sandbox, "SLOTS", 1)
+    looker = """
+        import os
+        mine = os.getcwd()
+        for top in ('/tmp', '/var/tmp', '/dev/shm'):
+            for name in os.listdir(top):
+                path = os.path.join(top, name)
+                if os.lstat(path).st_uid == os.getuid() and os.path.realpath(path) != mine:
+                    print('found', path)
+        print('done')
+    """
+    verdict = run_py(looker, Limits(timeout_s=10), "rlimits")
+    assert verdict.status == "passed" and verdict.stdout.strip() == "done", verdict
+    assert not _slot_processes(harness)
 
 
 @pytest.mark.parametrize("level", ALL_LEVELS)

@@ -106,7 +106,7 @@ def available_levels() -> tuple[str, ...]:
 
 @cache
 def _probe_levels() -> tuple[str, ...]:
-    cgroup.kill_stale_groups()
+    clear_stale()
     found = []
     for level in NAMESPACE_LEVELS:
         if level == "bubblewrap" and shutil.which("bwrap") is None:
@@ -140,6 +140,30 @@ def isolation_level(requested: str | None = None) -> str:
 # ---- per-program uid -------------------------------------------------------------------------------
 
 
+def _slots_dir() -> Path:
+    directory = Path(tempfile.gettempdir()) / "sdsat-sandbox-slots"
+    directory.mkdir(mode=0o700, exist_ok=True)
+    info = directory.lstat()
+    if info.st_uid != 0 or info.st_mode & 0o077 or not directory.is_dir():
+        raise SandboxUnavailable(f"{directory} is not a private root-owned directory")
+    return directory
+
+
+@contextlib.contextmanager
+def _locked_slot(directory: Path, n: int) -> Iterator[bool]:
+    """Whether slot ``n`` is ours (held while the context lasts): no live program of any harness has it."""
+    fd = os.open(directory / str(n), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def _slot_uid() -> Iterator[int | None]:
     """A uid that no other live program of any harness on this machine has (root only; else None).
@@ -147,25 +171,28 @@ def _slot_uid() -> Iterator[int | None]:
     if not _is_root():
         yield None
         return
-    directory = Path(tempfile.gettempdir()) / "sdsat-sandbox-slots"
-    directory.mkdir(mode=0o700, exist_ok=True)
-    info = directory.lstat()
-    if info.st_uid != 0 or info.st_mode & 0o077 or not directory.is_dir():
-        raise SandboxUnavailable(f"{directory} is not a private root-owned directory")
+    directory = _slots_dir()
     start = secrets.randbelow(SLOTS)
-    for n in (start + i for i in range(SLOTS)):
-        fd = os.open(directory / str(n % SLOTS), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        try:
-            yield SLOT_UID_BASE + n % SLOTS
-        finally:
-            os.close(fd)
-        return
+    for n in ((start + i) % SLOTS for i in range(SLOTS)):
+        with _locked_slot(directory, n) as ours:
+            if ours:
+                yield SLOT_UID_BASE + n
+                return
     raise SandboxUnavailable(f"all {SLOTS} sandbox slots are busy")
+
+
+def clear_stale() -> None:
+    """What killed harnesses left: programs still running in their control groups die, and what free
+    slots' uids made in the shared temporary directories (rlimits working directories) goes."""
+    cgroup.kill_stale_groups()
+    if not _is_root():
+        return
+    owners = {uid for uid in _shared_temp_owners() if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS}
+    directory = _slots_dir()
+    for uid in owners:
+        with _locked_slot(directory, uid - SLOT_UID_BASE) as ours:
+            if ours:
+                _clear_leftovers(uid)
 
 
 # ---- the commands ----------------------------------------------------------------------------------
@@ -450,6 +477,8 @@ def _launch(
         return _bwrap(script, fds, env, limits, json_w), uid, "/", {"PATH": SANDBOX_PATH}, None
     if isolation == "unshare":
         return _unshare(script, fds, env, limits, uid), None, "/", {"PATH": SANDBOX_PATH}, None
+    if uid is not None:
+        _clear_leftovers(uid)  # a harness killed mid-run left them: this slot is ours now
     workdir = _private_dir(files, uid)
     own = {k: v.replace("/tmp/", f"{workdir}/.") for k, v in env.items()}
     env = {"PATH": SANDBOX_PATH, "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": workdir, **own}
@@ -508,6 +537,8 @@ def _execute(
                         os.close(fd)
             if workdir is not None:
                 shutil.rmtree(workdir, ignore_errors=True)
+                if uid is not None:
+                    _clear_leftovers(uid)
     return _judge(outcome, time.perf_counter() - start, isolation)
 
 
@@ -521,6 +552,42 @@ def _private_dir(files: dict[str, bytes], uid: int | None) -> str:
         for path in [workdir, *(os.path.join(workdir, n) for n in files)]:
             os.chown(path, uid, uid, follow_symlinks=False)
     return workdir
+
+
+SHARED_TEMP_DIRS = (tempfile.gettempdir(), "/var/tmp", "/dev/shm")
+
+
+def _shared_temp_entries() -> Iterator[os.DirEntry]:
+    """The top entries of the world-writable directories that rlimits programs share with the host.
+    Anything a program makes there has one (the directories are sticky: it cannot write into another
+    uid's), so removing a uid's top entries removes all it made."""
+    for top in SHARED_TEMP_DIRS:
+        with contextlib.suppress(OSError):
+            yield from os.scandir(top)
+
+
+def _shared_temp_owners() -> set[int]:
+    owners = set()
+    for entry in _shared_temp_entries():
+        with contextlib.suppress(OSError):
+            owners.add(entry.stat(follow_symlinks=False).st_uid)
+    return owners
+
+
+def _clear_leftovers(uid: int) -> None:
+    """rlimits only: whatever a killed harness's program of ``uid`` still runs dies, and what it made in
+    the shared directories goes, so that the next program given this slot finds nothing of an earlier
+    one. The caller holds the slot (no live program has ``uid``); ``rmtree`` works on descriptors and
+    never follows links."""
+    cgroup.kill_stale_groups()
+    for entry in _shared_temp_entries():
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
 
 
 def _kill(proc: subprocess.Popen, init_pid: int | None) -> None:
