@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.planning import DEFAULTS, SETTINGS, default_text, settings
 
 DESCRIPTION = (
     "Evaluate and benchmark SDSAT (speculative decoding with semantic adaptive tokens): acceptance, tokens "
@@ -16,19 +17,6 @@ DESCRIPTION = (
     "sandboxed execution. Start with: sdsat-bench run --model default --suite smoke --out runs/smoke "
     "--allow-code-execution"
 )
-
-RUN_DEFAULTS = {
-    "decoders": "ar,sdsat",
-    "k": "0,1,3,5,7",
-    "temperature": "0",
-    "top_p": 0.95,
-    "accept": "exact",
-    "n_samples": 1,
-    "limit": None,
-    "max_new_tokens": 256,
-    "draft_model": None,
-    "groups": "all",
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,13 +63,13 @@ def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> 
 def _add_decoding_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=5, help="draft length: adaptive tokens per loop (sdsat), 0 = plain AR")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=DEFAULTS["top_p"], help="when sampling (default %(default)s)")
+    p.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
     p.add_argument("--accept", default="exact", help="sampling acceptance rule: exact (default) | paper")
     p.add_argument("--tree", default=None, help="draft tree for sampling: default | chain | JSON list of paths")
     p.add_argument("--groups", default=None, help="sdsat-fused group policy: all (default) | acceptance lengths 0,1,2")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
 
 
 def check_sampling(temperatures, top_p: float, top_k: int, max_new_tokens: int) -> None:
@@ -140,18 +128,24 @@ def _run_parser(sub) -> None:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--tasks", help="comma-separated task names (see `sdsat-bench tasks`)")
     which.add_argument("--suite", help="a suite from tasks/suites (smoke, paper-greedy, paper-nucleus, paper-accuracy)")
-    # Settings default to the suite's, then to RUN_DEFAULTS; flags given here override both.
-    p.add_argument("--decoders", help=f"default {RUN_DEFAULTS['decoders']}")
-    p.add_argument("--k", help=f"comma-separated draft lengths for sdsat (default {RUN_DEFAULTS['k']})")
-    p.add_argument("--temperature", help="comma-separated temperatures, 0 = greedy (default 0)")
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--accept", help="comma-separated acceptance rules for sampling (default exact)")
+    # Settings default to the suite's, then to RunConfig's (planning.SETTINGS); flags here override both.
+    p.add_argument("--decoders", help=f"default {default_text('decoders')}")
+    p.add_argument("--k", help=f"comma-separated draft lengths for sdsat (default {default_text('ks')})")
+    p.add_argument(
+        "--temperature", help=f"comma-separated temperatures, 0 = greedy (default {default_text('temperatures')})"
+    )
+    p.add_argument("--top-p", type=float, help=f"when sampling (default {default_text('top_p')})")
+    p.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
+    p.add_argument(
+        "--accept", help=f"comma-separated acceptance rules for sampling (default {default_text('accepts')})"
+    )
     p.add_argument("--groups", help="sdsat-fused group policy: all (default) | acceptance lengths, e.g. 0,1,2")
-    p.add_argument("--n-samples", type=int, help="samples per problem at temperature > 0 (default 1)")
+    p.add_argument(
+        "--n-samples", type=int, help=f"samples per problem at temperature > 0 (default {default_text('n_samples')})"
+    )
     p.add_argument("--limit", type=int, help="first N problems of each task")
-    p.add_argument("--max-new-tokens", type=int, help=f"default {RUN_DEFAULTS['max_new_tokens']}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, help=f"default {default_text('max_new_tokens')}")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished units")
@@ -345,67 +339,36 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
         raise HarnessError(f"{flag}: expected comma-separated integers, got '{text}'") from None
 
 
-def _run_settings(args) -> dict:
-    """Flag if given, else the suite's value, else RUN_DEFAULTS (lists as comma-separated text)."""
+def _run_settings(args) -> tuple[dict, list | None]:
+    """RunConfig fields from the flags, else the suite, else RunConfig's defaults; and the suite's models."""
     from harness.tasks import get_suite, resolve_data_dir
 
     suite = get_suite(args.suite, with_data=resolve_data_dir(args.data_dir) is not None) if args.suite else {}
-    settings = {"tasks": args.tasks or ",".join(suite["tasks"]), "models": suite.get("models")}
-    for key, default in RUN_DEFAULTS.items():
-        value = getattr(args, key)
-        if value is None:
-            value = suite.get(key, default)
-        settings[key] = ",".join(map(str, value)) if isinstance(value, list) else value
-    return settings
+    flags = {key: getattr(args, key) for key, _, _ in SETTINGS}
+    chosen = settings(flags, suite)
+    chosen["tasks"] = tuple(args.tasks.split(",")) if args.tasks else tuple(suite["tasks"])
+    return chosen, suite.get("models")
 
 
 def _cmd_run(args) -> int:
-    opts = _run_settings(args)
-    try:
-        temperatures = tuple(float(t) for t in str(opts["temperature"]).split(","))
-    except ValueError:
-        raise HarnessError(f"--temperature: expected comma-separated numbers, got '{opts['temperature']}'") from None
-    check_sampling(temperatures, opts["top_p"], args.top_k, opts["max_new_tokens"])
+    opts, suite_models = _run_settings(args)
+    check_sampling(opts["temperatures"], opts["top_p"], args.top_k, opts["max_new_tokens"])
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
     from harness.decoding import DECODERS
     from harness.report import render
     from harness.runner import REFERENCE, RunConfig, run
 
-    decoders = tuple(opts["decoders"].split(","))
-    for d in decoders:
+    for d in opts["decoders"]:
         if d not in (*DECODERS, REFERENCE):
             raise HarnessError(f"unknown decoder '{d}' (choose from {', '.join((*DECODERS, REFERENCE))})")
-    models = [args.model] if args.model else opts["models"]
+    models = [args.model] if args.model else suite_models
     if not models:
         raise HarnessError("--model is required (only a suite that lists models runs without it)")
+    fixed = {name: getattr(args, name) for name in RUN_FLAGS}
     out_dirs = []
     for model in models:
         out = Path(args.out) if len(models) == 1 else Path(args.out) / Path(model).name
-        cfg = RunConfig(
-            model=model,
-            tasks=tuple(opts["tasks"].split(",")),
-            decoders=decoders,
-            ks=_ints(str(opts["k"]), "--k"),
-            temperatures=temperatures,
-            top_p=opts["top_p"],
-            top_k=args.top_k,
-            accepts=tuple(opts["accept"].split(",")),
-            n_samples=opts["n_samples"],
-            limit=opts["limit"],
-            max_new_tokens=opts["max_new_tokens"],
-            device=args.device,
-            dtype=args.dtype,
-            seed=args.seed,
-            data_dir=args.data_dir,
-            adaptive_tokens=args.adaptive_tokens,
-            draft_model=opts["draft_model"],
-            groups=opts["groups"],
-            engine=args.engine,
-            attn_implementation=args.attn_implementation,
-            allow_code_execution=args.allow_code_execution,
-            isolation=args.isolation,
-            skip_unavailable=args.skip_unavailable,
-        )
+        cfg = RunConfig(model=model, **opts, **fixed)
         if run(cfg, str(out), resume=args.resume) is None:
             continue  # another process of a distributed run: the main process merges and reports
         _print_run(out, render([str(out)]))
@@ -413,6 +376,22 @@ def _cmd_run(args) -> int:
     if len(out_dirs) > 1:
         print(f"comparison: {render(out_dirs, args.out)}")  # only the main process gets here with several
     return 0
+
+
+# RunConfig fields set by `run` flags alone (suites do not set them): the flag's name is the field's.
+RUN_FLAGS = (
+    "top_k",
+    "device",
+    "dtype",
+    "seed",
+    "data_dir",
+    "adaptive_tokens",
+    "engine",
+    "attn_implementation",
+    "allow_code_execution",
+    "isolation",
+    "skip_unavailable",
+)
 
 
 def _print_run(out: Path, page: Path) -> None:
@@ -470,9 +449,9 @@ def _cmd_score(args) -> int:
 
 def _cmd_check(args) -> int:
     from harness.check import absent_tasks, current_metrics, exactness_failures, judge, read_baseline, write_baseline
-    from harness.report import load_run
+    from harness.results import RunDirectory
 
-    records, info = load_run(args.run)
+    records, info = RunDirectory(args.run).load()
     values = current_metrics(records)
     path = Path(args.baseline)
     if args.update_baseline:
@@ -572,9 +551,9 @@ def _cmd_decode(args) -> int:
         raise HarnessError("empty prompt: --prompt needs some text")
     check_sampling([args.temperature], args.top_p, args.top_k, args.max_new_tokens)
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
-    from harness.decoding import SamplingParams, StopCondition, make_decoder
-    from harness.models import encode_prompt, load_model
-    from harness.runner import DECODERS_WITH_K
+    from harness.decoding import DECODERS_WITH_K, SamplingParams, make_decoder
+    from harness.models import load_model
+    from harness.prompting import encode, free_prompt, stop_condition
 
     lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens, args.attn_implementation, args.engine)
     draft = (
@@ -587,16 +566,15 @@ def _cmd_decode(args) -> int:
     )
     sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
     lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
-    stop = StopCondition(args.max_new_tokens, tuple(args.stop), lm.eos_token_ids)
-    # trailing whitespace goes, as in run: a prompt ending in a newline starts at an odd token boundary
-    prompt_ids = encode_prompt(lm.tokenizer, args.prompt.rstrip() or args.prompt)
+    stop = stop_condition(lm, args.max_new_tokens, tuple(args.stop))
+    prompt_ids = encode(lm.tokenizer, free_prompt(args.prompt) or args.prompt)  # the whitespace rule, as in run
     warmup = args.warmup if args.warmup is not None else (1 if lm.device.type == "cuda" else 0)
     for _ in range(warmup):
         decoder.generate(prompt_ids, stop, sampling)
     gen = decoder.generate(prompt_ids, stop, sampling)
     # k where the decoder takes one: draft length, or prompt lookup's n-gram draft length; else null
     k = args.k if args.decoder in DECODERS_WITH_K else getattr(decoder, "prompt_lookup_num_tokens", None)
-    record = {"decoder": decoder.name, "k": k, "stop_reason": gen.stop_reason, **gen.stats.to_dict(per_loop=False)}
+    record = {"decoder": decoder.name, "k": k, "stop_reason": gen.stop_reason, **gen.stats.to_dict()}
     if args.json:
         print(json.dumps({"completion": gen.text, **record}))
     else:

@@ -218,12 +218,3 @@ def load_model(
         dtype=DTYPES[dtype],
         engine=hf_compat.DecodeEngine(model, engine),
     )
-
-
-def encode_prompt(tokenizer, text: str) -> list[int]:
-    """Token ids of a prompt, starting with BOS where the tokenizer has one (as CodeLlama's adds)."""
-    ids = list(tokenizer(text, add_special_tokens=True).input_ids)
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
-        ids.insert(0, bos)
-    return ids

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.decoding import DECODERS_WITH_K
 from harness.errors import HarnessError
 from harness.metrics import GROUP, summarize
-from harness.runner import DECODERS_WITH_K
+from harness.results import RunDirectory
 
 # Metrics compared across runs (run vs run, model vs model, decoder settings vs each other).
 COMPARED = [
@@ -26,26 +27,6 @@ COMPARED = [
     "speedup",
     "identical_to_ar",
 ]
-
-
-def load_run(run_dir: str | Path) -> tuple[list[dict], dict]:
-    """A run's records and run.json; a one-line error where either is missing or unreadable."""
-    root = Path(run_dir)
-    results = root / "results.jsonl"
-    if not results.exists():
-        raise HarnessError(f"{root}: no results.jsonl (not a run directory?)")
-    records = []
-    for n, line in enumerate(results.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise HarnessError(f"{results}:{n}: malformed record") from None
-    if not records:
-        raise HarnessError(f"{results}: no records")
-    info = json.loads((root / "run.json").read_text()) if (root / "run.json").exists() else {}
-    return records, info
 
 
 def _setting(temperature: float, accept: str) -> str:
@@ -298,7 +279,7 @@ def render(
         label = Path(d).resolve().name
         if label in runs:
             label = str(Path(d))
-        runs[label] = load_run(d)
+        runs[label] = RunDirectory(d).load()
     out = Path(out_dir or run_dirs[0])
     try:
         out.mkdir(parents=True, exist_ok=True)

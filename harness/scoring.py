@@ -8,8 +8,9 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from harness.errors import HarnessError
 from harness.execution.languages import get_language
-from harness.execution.sandbox import Limits, Verdict, run_tests
+from harness.execution.sandbox import Limits, Verdict, isolation_level, run_tests
 from harness.tasks import CHEATS, Problem, exact_match, get_task, program_head, wrong_completion
 
 EXACT_MATCH = "none (exact match)"
@@ -22,6 +23,38 @@ def judge(problem: Problem, completion: str, limits: Limits | None = None, isola
     return run_tests(
         get_language(problem.language), program_head(problem, completion), problem.tests, limits, isolation
     )
+
+
+def verdict_fields(verdict: Verdict | None) -> dict:
+    """A record's scoring: passed (None when unscored: not executed, or its toolchain unavailable),
+    the status, why, and which sandbox judged it."""
+    if verdict is None:
+        return {"passed": None, "status": None, "verdict_detail": None, "isolation": None}
+    passed = None if verdict.status == "unavailable" else verdict.status == "passed"
+    return {
+        "passed": passed,
+        "status": verdict.status,
+        "verdict_detail": verdict.detail,
+        "isolation": verdict.isolation,
+    }
+
+
+def check_execution(cfg) -> str | None:
+    """Before anything is generated: the sandbox level that will judge a run's programs (None when
+    nothing is executed), and every toolchain its tasks need, unless ``skip_unavailable``."""
+    executed = [get_task(t) for t in cfg.tasks if get_task(t).scoring == "tests"]
+    if not cfg.allow_code_execution or not executed:
+        return None
+    level = isolation_level(cfg.isolation)
+    for task in executed:
+        language = get_language(task.language)
+        missing = language.missing()
+        if missing and not cfg.skip_unavailable:
+            raise HarnessError(
+                f"task {task.name} needs {missing}, which is not installed ({language.install_hint}); "
+                "pass --skip-unavailable to run it unscored"
+            )
+    return level
 
 
 def judge_many(

@@ -238,24 +238,6 @@ def load_problems(name: str, data_dir: str | None = None, limit: int | None = No
 # ---- prompts and programs --------------------------------------------------------------------------
 
 
-def build_prompt(problem: Problem, fim=None, order: str = "psm") -> str:
-    """Completion prompts as given; infilling prompts in PSM or SPM order with the model's FIM tokens."""
-    if problem.suffix is None:
-        return problem.prompt
-    if fim is None:
-        raise HarnessError(f"task {problem.task} needs fill-in-the-middle tokens, and the tokenizer has none")
-    if order == "spm":
-        return f"{fim.prefix}{fim.suffix}{problem.suffix}{fim.middle}{problem.prompt}"
-    return f"{fim.prefix}{problem.prompt}{fim.suffix}{problem.suffix}{fim.middle}"
-
-
-def stop_token_ids(problem: Problem, tokenizer, fim, eos_token_ids: frozenset[int]) -> frozenset[int]:
-    """Token ids that end a generation for this problem: EOS, plus the end-of-infill token for FIM."""
-    if problem.suffix is None or fim is None:
-        return eos_token_ids
-    return eos_token_ids | {tokenizer.convert_tokens_to_ids(fim.end)}
-
-
 def program_head(problem: Problem, completion: str) -> str:
     """What precedes the tests in the judged program: prompt + completion (+ suffix, for infilling).
     The language's rules add the newline, the tests and the proof that they ran (execution.languages)."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from harness.decoding import SamplingParams, StopCondition, make_decoder
-from harness.models import encode_prompt, load_model
+from harness.models import load_model
+from harness.prompting import encode
 
 
 def test_default_model_greedy_sdsat_equals_ar():
     lm = load_model("default")
     assert lm.adaptive is not None and lm.adaptive.max_k == 15 and lm.fim is not None
-    ids = encode_prompt(lm.tokenizer, "def fibonacci(n):")
+    ids = encode(lm.tokenizer, "def fibonacci(n):")
     stop = StopCondition(48, (), lm.eos_token_ids)
     ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
     sd = make_decoder("sdsat", lm, k=5).generate(ids, stop, SamplingParams())

@@ -173,19 +173,20 @@ def test_suite_settings_and_flag_overrides(capsys, tmp_path, tiny_checkpoint):
 
 
 def test_a_second_run_on_the_same_directory_stops_at_once(tmp_path):
-    from harness.runner import run_lock
+    from harness.results import RunDirectory
 
     held = pytest.raises(HarnessError, match=rf"in use by another run \(pid {os.getpid()} on ")
-    with run_lock(tmp_path), held, run_lock(tmp_path):
+    out = RunDirectory(tmp_path)
+    with out.lock(), held, RunDirectory(tmp_path).lock():
         pass
-    with run_lock(tmp_path):  # released with the run
+    with out.lock():  # released with the run
         pass
 
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
     import errno
 
-    from harness.runner import _append
+    from harness.results import Record, RunDirectory
 
     class FullDisk:
         def write(self, text):
@@ -195,7 +196,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
             pass
 
     with pytest.raises(HarnessError, match=r"cannot write .*results.jsonl \(No space left on device\).*--resume"):
-        _append(FullDisk(), {"a": 1}, tmp_path / "results.jsonl")
+        RunDirectory.append(FullDisk(), Record("humaneval", "p", "ar", 0, 0.0, "-", 0), tmp_path / "results.jsonl")
 
 
 def test_resume_refuses_results_without_their_run_json(capsys, tmp_path, tiny_checkpoint):

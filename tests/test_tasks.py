@@ -15,8 +15,9 @@ from harness.cli import main
 from harness.errors import HarnessError
 from harness.execution.languages import get_language
 from harness.models import FimSpec
+from harness.prompting import prompt_text
 from harness.scoring import judge, judge_many, validate
-from harness.tasks import CHEATS, build_prompt, load_problems, registry, wrong_completion
+from harness.tasks import CHEATS, load_problems, registry, wrong_completion
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = Path(__file__).resolve().parent / "multipl_e_solutions"
@@ -70,11 +71,11 @@ def test_wheel_ships_the_task_configs(tmp_path):
 def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
     problem = load_problems("humaneval-infill-single", data_dir, limit=1)[0]
     fim = FimSpec("<P>", "<S>", "<M>", "<E>")
-    assert build_prompt(problem, fim, "psm") == f"<P>{problem.prompt}<S>{problem.suffix}<M>"
-    assert build_prompt(problem, fim, "spm") == f"<P><S>{problem.suffix}<M>{problem.prompt}"
+    assert prompt_text(problem, fim, "psm") == f"<P>{problem.prompt}<S>{problem.suffix}<M>"
+    assert prompt_text(problem, fim, "spm") == f"<P><S>{problem.suffix}<M>{problem.prompt}"
     with pytest.raises(HarnessError, match="fill-in-the-middle"):
-        build_prompt(problem, None)
-    assert build_prompt(load_problems("humaneval", limit=1)[0], None).startswith("from typing import List")
+        prompt_text(problem, None)
+    assert prompt_text(load_problems("humaneval", limit=1)[0], None).startswith("from typing import List")
 
 
 def test_humaneval_validation_all_references_pass():
@@ -167,17 +168,20 @@ def test_cli_tasks_exec_validate(capsys, tmp_path, data_dir):
 
 
 def test_fim_generation_stops_at_end_of_infill(data_dir):
-    from harness.tasks import stop_token_ids
+    from types import SimpleNamespace
+
+    from harness.prompting import problem_stop
 
     class Tok:
         def convert_tokens_to_ids(self, token):
             return {"<E>": 9}[token]
 
-    fim = FimSpec("<P>", "<S>", "<M>", "<E>")
+    lm = SimpleNamespace(tokenizer=Tok(), fim=FimSpec("<P>", "<S>", "<M>", "<E>"), eos_token_ids=frozenset({2}))
     infill = load_problems("humaneval-infill-single", data_dir, limit=1)[0]
     plain = load_problems("humaneval", limit=1)[0]
-    assert stop_token_ids(infill, Tok(), fim, frozenset({2})) == {2, 9}
-    assert stop_token_ids(plain, Tok(), fim, frozenset({2})) == {2}
+    assert problem_stop(lm, infill, 8).eos_token_ids == {2, 9}
+    assert problem_stop(lm, plain, 8).eos_token_ids == {2}
+    assert problem_stop(lm, plain, 8).stop_strings == plain.stop
 
 
 @pytest.mark.parametrize("language", ["cpp", "java", "js", "ts", "php", "sh", "rs"])
@@ -205,7 +209,8 @@ def test_santacoder_fim_scores_the_whole_stripped_middle(data_dir):
 
 def test_missing_toolchain_stops_the_run_unless_skipped(monkeypatch):
     from harness.execution.languages import Language
-    from harness.runner import RunConfig, check_execution
+    from harness.planning import RunConfig
+    from harness.scoring import check_execution
 
     monkeypatch.setattr(Language, "missing", lambda self: "php" if self.name == "php" else None)
     cfg = RunConfig(model="default", tasks=("humaneval", "multiple-php"), allow_code_execution=True)
@@ -218,7 +223,7 @@ def test_missing_toolchain_stops_the_run_unless_skipped(monkeypatch):
 def test_unavailable_records_leave_pass_at_k_and_are_counted():
     from harness.execution.sandbox import Verdict
     from harness.metrics import summarize
-    from harness.runner import verdict_fields
+    from harness.scoring import verdict_fields
 
     base = {
         "task": "multiple-php",

@@ -14,7 +14,8 @@ import torch
 
 import harness.training.corpus as corpus
 from harness.decoding import SamplingParams, StopCondition, make_decoder
-from harness.models import encode_prompt, fim_from_tokenizer, load_model
+from harness.models import fim_from_tokenizer, load_model
+from harness.prompting import encode
 from harness.training.data import encode_documents
 from harness.training.recipe import RecipeConfig, run
 from harness.training.tokenizer import FIM_TOKENS, adaptive_token_names, special_tokens, train_bpe_tokenizer
@@ -116,7 +117,7 @@ def test_recipe_writes_loadable_checkpoints(tiny_recipe):
     lm = load_model(str(tiny_recipe / "sdsat"))
     assert lm.adaptive.max_k == 4 and lm.fim is not None
     assert load_model(str(tiny_recipe / "base")).adaptive is None
-    ids = encode_prompt(lm.tokenizer, "def f(x):")
+    ids = encode(lm.tokenizer, "def f(x):")
     stop = StopCondition(12, (), lm.eos_token_ids)
     ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
     assert make_decoder("sdsat", lm, k=4).generate(ids, stop, SamplingParams()).tokens == ar.tokens

@@ -1,43 +1,143 @@
-"""Decoders behind one interface (see base.Decoder); ``make_decoder`` builds one by name."""
+"""Decoders behind one interface (see base.Decoder), each described once in ``REGISTRY``: its name,
+how it is built, which draft lengths it takes and what it needs. The runner, the CLI and the report
+ask the registry; adding a decoder is one entry here.
+
+Importing the package loads no torch (the report and argument checks read the registry): the
+decoders and the types of ``base`` load on first use."""
 
 from __future__ import annotations
 
-from harness.decoding.autoregressive import AutoregressiveDecoder
-from harness.decoding.base import Decoder, Generation, SamplingParams, Stats, StopCondition
-from harness.decoding.fused import FusedSdsatDecoder
-from harness.decoding.peers import HfGenerateDecoder
-from harness.decoding.sdsat import SdsatDecoder
-from harness.errors import HarnessError
-from harness.models import LoadedModel
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-DECODERS = ("ar", "sdsat", "sdsat-fused", "hf", "hf-pld", "hf-assisted")
+from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    from harness.decoding.base import Decoder
+    from harness.models import LoadedModel
+
+_BASE_TYPES = ("Decoder", "Generation", "SamplingParams", "Stats", "StopCondition")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BASE_TYPES:
+        return getattr(importlib.import_module("harness.decoding.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 PLD_DEFAULT_TOKENS = 10
 
 
-def make_decoder(
-    name: str,
-    lm: LoadedModel,
-    k: int = 0,
-    accept: str = "exact",
-    tree: str | None = None,
-    draft: LoadedModel | None = None,
-    groups: str | None = None,
-) -> Decoder:
-    if name == "ar":
-        return AutoregressiveDecoder(lm)
-    if name == "sdsat":
-        return SdsatDecoder(lm, k, accept=accept, tree=tree)
-    if name == "sdsat-fused":
-        return FusedSdsatDecoder(lm, k, accept=accept, tree=tree, groups=groups)
-    if name == "hf":
-        return HfGenerateDecoder(lm, "hf")
-    if name == "hf-pld":
-        return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=k or PLD_DEFAULT_TOKENS)
-    if name == "hf-assisted":
-        if draft is None:
-            raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
-        return HfGenerateDecoder(lm, "hf-assisted", assistant=draft)
-    raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(DECODERS)})")
+@dataclass(frozen=True)
+class Options:
+    """What a decoder may be built with; each takes the part it understands."""
+
+    k: int = 0
+    accept: str = "exact"  # the acceptance rule when sampling: exact | paper
+    tree: str | None = None
+    draft: LoadedModel | None = None
+    groups: str | None = None
 
 
-__all__ = ["DECODERS", "Decoder", "Generation", "SamplingParams", "Stats", "StopCondition", "make_decoder"]
+@dataclass(frozen=True)
+class DecoderSpec:
+    name: str
+    build: Callable[[LoadedModel, Options], Decoder]
+    # Draft lengths it runs at: "any" (k = 0 is plain AR through its own loop), "positive", or "none"
+    # (it takes no k; hf-pld uses its own lookup length).
+    draft_lengths: str = "none"
+    needs_draft_model: bool = False
+
+    @property
+    def takes_k(self) -> bool:
+        """Its draft length k uses the model's adaptive tokens, and accept rules apply when sampling."""
+        return self.draft_lengths != "none"
+
+    def lengths(self, ks: tuple[int, ...]) -> tuple[int, ...]:
+        if self.draft_lengths == "any":
+            return ks
+        if self.draft_lengths == "positive":
+            return tuple(k for k in ks if k > 0)
+        return (0,)
+
+
+def _ar(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.autoregressive import AutoregressiveDecoder
+
+    return AutoregressiveDecoder(lm)
+
+
+def _sdsat(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.sdsat import SdsatDecoder
+
+    return SdsatDecoder(lm, o.k, accept=o.accept, tree=o.tree)
+
+
+def _sdsat_fused(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.fused import FusedSdsatDecoder
+
+    return FusedSdsatDecoder(lm, o.k, accept=o.accept, tree=o.tree, groups=o.groups)
+
+
+def _hf(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.peers import HfGenerateDecoder
+
+    return HfGenerateDecoder(lm, "hf")
+
+
+def _hf_pld(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.peers import HfGenerateDecoder
+
+    return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=o.k or PLD_DEFAULT_TOKENS)
+
+
+def _hf_assisted(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.peers import HfGenerateDecoder
+
+    if o.draft is None:
+        raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
+    return HfGenerateDecoder(lm, "hf-assisted", assistant=o.draft)
+
+
+REGISTRY: dict[str, DecoderSpec] = {
+    spec.name: spec
+    for spec in (
+        DecoderSpec("ar", _ar),
+        DecoderSpec("sdsat", _sdsat, "any"),
+        DecoderSpec("sdsat-fused", _sdsat_fused, "positive"),
+        DecoderSpec("hf", _hf),
+        DecoderSpec("hf-pld", _hf_pld),
+        DecoderSpec("hf-assisted", _hf_assisted, needs_draft_model=True),
+    )
+}
+DECODERS = tuple(REGISTRY)
+DECODERS_WITH_K = tuple(name for name, spec in REGISTRY.items() if spec.takes_k)
+
+
+def decoder_spec(name: str) -> DecoderSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(DECODERS)})") from None
+
+
+def make_decoder(name: str, lm: LoadedModel, **options) -> Decoder:
+    """Build decoder ``name`` on ``lm``; ``options`` are ``Options`` fields (k, accept, tree, draft, groups)."""
+    return decoder_spec(name).build(lm, Options(**options))
+
+
+__all__ = [
+    "DECODERS",
+    "DECODERS_WITH_K",
+    "REGISTRY",
+    "Decoder",
+    "DecoderSpec",
+    "Generation",
+    "SamplingParams",
+    "Stats",
+    "StopCondition",
+    "decoder_spec",
+    "make_decoder",
+]

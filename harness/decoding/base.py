@@ -8,7 +8,6 @@ all decoders stop at exactly the same token and tokens past a stop are never cou
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,9 +106,9 @@ class Stats:
         total = self.prefill_s + self.decode_s
         return self.new_tokens / total if total > 0 else None
 
-    def to_dict(self, per_loop: bool = True) -> dict:
+    def to_dict(self) -> dict:
         seen = self.loops_observed
-        d = {
+        return {
             "new_tokens": self.new_tokens,
             "forward_passes": self.forward_passes,
             "prefill_passes": self.prefill_passes,
@@ -125,9 +124,6 @@ class Stats:
             "tokens_per_s_e2e": self.tokens_per_s_e2e,
             "peak_memory_bytes": self.peak_memory_bytes,
         }
-        if per_loop:
-            d["per_loop"] = [dataclasses.astuple(loop) for loop in self.loops]
-        return d
 
 
 @dataclass

@@ -107,9 +107,9 @@ class FusedSdsatDecoder:
         try:
             sampling_tree = DraftTree.parse(tree, k)
         except ValueError as exc:
-            raise HarnessError(f"--tree: {exc}") from None
+            raise HarnessError(f"draft tree: {exc}") from None
         if sampling_tree.depth > k:
-            raise HarnessError(f"--tree has depth {sampling_tree.depth}, deeper than k={k}")
+            raise HarnessError(f"the draft tree has depth {sampling_tree.depth}, deeper than k={k}")
         chain = DraftTree.parse("chain", k)
         self.blocks = {  # greedy verifies a chain of top-1 drafts, sampling a tree
             True: Block.build(chain, parse_groups(groups, chain), k),

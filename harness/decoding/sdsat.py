@@ -118,9 +118,9 @@ class SdsatDecoder:
             try:
                 self.tree = DraftTree.parse(tree, k)
             except ValueError as exc:
-                raise HarnessError(f"--tree: {exc}") from None
+                raise HarnessError(f"draft tree: {exc}") from None
             if self.tree.depth > k:
-                raise HarnessError(f"--tree has depth {self.tree.depth}, deeper than k={k}")
+                raise HarnessError(f"the draft tree has depth {self.tree.depth}, deeper than k={k}")
 
     def block_sizes(self, greedy: bool) -> tuple[int, ...]:
         """Query lengths of the decode passes: the draft pass and the verify pass (chain or tree)."""

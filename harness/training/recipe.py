@@ -22,7 +22,6 @@ from harness.training.tokenizer import train_bpe_tokenizer
 from harness.training.train import TrainConfig, heldout_metrics, train
 
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
-HUMANEVAL_STOPS = ("\ndef", "\nclass", "\nif", "\n#", "\nprint")
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
 VARIANTS = {"sdsat": {"mode": "sdsat"}, "sdsat-distill": {"mode": "sdsat", "distill": True}, "naive": {"mode": "naive"}}
 
@@ -70,10 +69,10 @@ class RecipeConfig:
 def _humaneval_prompts(path: str | None, limit: int) -> list[str]:
     if not path or not Path(path).exists():
         return []
-    with gzip.open(path, "rt") as f:
-        # Stripped, as bigcode-evaluation-harness does: a prompt ending in a bare newline token asks a
-        # byte-level BPE model for a token boundary it only saw at the end of files.
-        return [json.loads(line)["prompt"].strip() for line in itertools.islice(f, limit)]
+    from harness.prompting import free_prompt
+
+    with gzip.open(path, "rt") as f:  # the whitespace rule, as in run (harness.prompting)
+        return [free_prompt(json.loads(line)["prompt"]) for line in itertools.islice(f, limit)]
 
 
 def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
@@ -190,14 +189,15 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
 
 def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
     """Pooled accept rate and tokens per forward pass of the two-step greedy decoder over prompts."""
-    from harness.decoding import SamplingParams, StopCondition, make_decoder
-    from harness.models import encode_prompt
+    from harness.decoding import SamplingParams, make_decoder
+    from harness.prompting import encode, stop_condition
+    from harness.tasks import get_task
 
     decoder = make_decoder("sdsat", lm, k=k)
-    stop = StopCondition(max_new_tokens, HUMANEVAL_STOPS, lm.eos_token_ids)
+    stop = stop_condition(lm, max_new_tokens, get_task("humaneval").stop)  # run's HumanEval stop strings
     acc = dra = new = fwd = 0
     for prompt in prompts:
-        st = decoder.generate(encode_prompt(lm.tokenizer, prompt), stop, SamplingParams()).stats
+        st = decoder.generate(encode(lm.tokenizer, prompt), stop, SamplingParams()).stats
         acc, dra, new, fwd = acc + st.accepted, dra + st.drafted, new + st.new_tokens, fwd + st.forward_passes
     return {"accept_rate": acc / dra if dra else None, "tokens_per_forward": new / fwd if fwd else None,
             "new_tokens": new, "forward_passes": fwd, "prompts": len(prompts)}  # fmt: skip

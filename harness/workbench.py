@@ -1,0 +1,101 @@
+"""What a run decodes with, set up once: the model (with its decode engine), the hf-assisted draft
+model, one decoder per (decoder, k, accept) the units need, every prompt's token ids, one static
+cache reservation for the whole run, and each decoder's warm-up before its first timed record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.decoding import Decoder, Generation, SamplingParams, Stats, StopCondition, decoder_spec, make_decoder
+from harness.errors import HarnessError
+from harness.models import LoadedModel, load_model
+from harness.planning import REFERENCE, RunConfig
+from harness.prompting import encode, problem_stop, prompt_ids
+from harness.results import WorkUnit
+
+
+def warm_up(lm: LoadedModel, decoder: Decoder, sampling: SamplingParams) -> None:
+    """Compile the decoder's block sizes (engine ``compile``) and, on a GPU, run one short untimed
+    generation, so that kernel selection and the allocator warm up outside the timed records."""
+    lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
+    if lm.device.type == "cuda":
+        decoder.generate(encode(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
+
+
+def load_models(cfg: RunConfig, device: str) -> tuple[LoadedModel, LoadedModel | None]:
+    """The model and the hf-assisted draft model, checked against what the run's decoders need."""
+    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, cfg.attn_implementation, cfg.engine)
+    draft = None
+    if cfg.draft_model:
+        draft = load_model(cfg.draft_model, device, cfg.dtype, attn_implementation=cfg.attn_implementation)
+    specs = [decoder_spec(d) for d in cfg.decoders if d != REFERENCE]
+    if any(s.needs_draft_model for s in specs) and draft is None:
+        make_decoder("hf-assisted", lm)  # its one-line error
+    if any(s.takes_k for s in specs):
+        for k in cfg.ks:
+            if k > 0:
+                lm.require_adaptive(k)
+    return lm, draft
+
+
+@dataclass
+class Workbench:
+    cfg: RunConfig
+    lm: LoadedModel
+    decoders: dict[tuple, Decoder]
+    prompts: dict[tuple[str, str], list[int]]
+    _warmed: set = field(default_factory=set)
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, device: str, todo: list[WorkUnit], problems: dict[str, list]) -> Workbench:
+        lm, draft = load_models(cfg, device)
+        decoders: dict = {}
+        for unit in todo:
+            key = (unit.decoder, unit.k, unit.accept)
+            if key not in decoders and unit.decoder != REFERENCE:
+                accept = "exact" if unit.accept == "-" else unit.accept
+                decoders[key] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
+        # completion prompts come without trailing whitespace (prompting: the whitespace rule)
+        prompts = {(t, p.problem_id): prompt_ids(lm, p, cfg.fim_order) for t, ps in problems.items() for p in ps}
+        bench = cls(cfg, lm, decoders, prompts)
+        bench._reserve()
+        return bench
+
+    def _reserve(self) -> None:
+        """One static cache for the whole run: a later growth would recompile every compiled block size."""
+        modes = {t <= 0 for t in self.cfg.temperatures}  # greedy and/or sampling
+        blocks = [b for d in self.decoders.values() for g in modes for b in d.block_sizes(g)]
+        longest = max(map(len, self.prompts.values()), default=0)
+        self.lm.engine.reserve(longest + self.cfg.max_new_tokens + max(blocks, default=1))
+
+    def decoder(self, unit: WorkUnit) -> Decoder | None:
+        """The unit's decoder; None for the reference control."""
+        if unit.decoder == REFERENCE:
+            return None
+        try:
+            return self.decoders[(unit.decoder, unit.k, unit.accept)]
+        except KeyError:
+            raise HarnessError(f"no decoder was set up for {unit}") from None
+
+    def stop(self, problem) -> StopCondition:
+        return problem_stop(self.lm, problem, self.cfg.max_new_tokens)
+
+    def generate(
+        self, decoder: Decoder | None, problem, ids: list[int], stop: StopCondition, sampling: SamplingParams
+    ) -> Generation:
+        """The decoder's generation, warmed up first (outside the timed record); for the reference
+        control, its reference as the completion, with no tokens and no timing."""
+        if decoder is None:
+            return Generation([], problem.reference, "reference", Stats(loops_observed=False))
+        if (decoder, sampling.temperature) not in self._warmed:
+            self._warmed.add((decoder, sampling.temperature))
+            warm_up(self.lm, decoder, SamplingParams(sampling.temperature, seed=0))
+        return decoder.generate(ids, stop, sampling)
+
+    def higher_precision(self):
+        """The run's model in the precision that judges its greedy divergences (harness.exactness)."""
+        from harness.exactness import HIGHER_PRECISION
+
+        cfg = self.cfg
+        higher = HIGHER_PRECISION[cfg.dtype]
+        return load_model(cfg.model, str(self.lm.device), higher, cfg.adaptive_tokens, cfg.attn_implementation).model
