@@ -448,7 +448,7 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from harness.check import absent_tasks, current_metrics, exactness_failures, judge, read_baseline, write_baseline
+    from harness.check import current_metrics, read_baseline, write_baseline
     from harness.results import RunDirectory
 
     records, info = RunDirectory(args.run).load()
@@ -460,7 +460,17 @@ def _cmd_check(args) -> int:
         write_baseline(path, values, previous, source)
         print(f"baseline written: {path} ({len(values)} metrics)")
         return 0
-    baseline = read_baseline(path)
+    failures = _gate_metrics(read_baseline(path), values, records, info)
+    for line in failures:
+        print(f"FAIL  {line}")
+    return 1 if failures else 0
+
+
+def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict) -> list[str]:
+    """Print every gated metric against the baseline; return what fails beyond them, one line each
+    (a regression count, tasks of the baseline the run lacks, unscored records, exactness)."""
+    from harness.check import absent_tasks, exactness_failures, judge
+
     absent = absent_tasks(baseline, records)
     verdicts = [v for v in judge(baseline, values) if v.metric.split("/", 1)[0] not in absent]
     print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
@@ -471,20 +481,17 @@ def _cmd_check(args) -> int:
         f"{len(verdicts) - failed}/{len(verdicts)} metrics within tolerance"
         + (f"; {failed} regressed" if failed else "")
     )
+    failures = [f"{failed} metrics regressed"] if failed else []
     if absent:
-        data_dir = info.get("data_dir")
-        why = "the run had no --data-dir; " if not data_dir else ""
-        print(
-            f"FAIL  {len(absent)} tasks of the baseline are absent from this run ({why}not gated): " + ", ".join(absent)
+        why = "the run had no --data-dir; " if not info.get("data_dir") else ""
+        failures.append(
+            f"{len(absent)} tasks of the baseline are absent from this run ({why}not gated): " + ", ".join(absent)
         )
     unscored = sorted({r["task"] for r in records if r.get("status") == "unavailable"})
     if unscored:
         count = sum(r.get("status") == "unavailable" for r in records)
-        print(f"FAIL  {count} records unscored (toolchain unavailable): {', '.join(unscored)}")
-    diverged = exactness_failures(records, info)
-    for line in diverged:
-        print(f"FAIL  {line}")
-    return 1 if failed or unscored or absent or diverged else 0
+        failures.append(f"{count} records unscored (toolchain unavailable): {', '.join(unscored)}")
+    return failures + exactness_failures(records, info)
 
 
 def _cmd_tasks(args) -> int:

@@ -219,6 +219,18 @@ def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return mask[None, None]
 
 
+def batch_mask(model, allowed: torch.Tensor) -> torch.Tensor:
+    """A batch's (B, 1, L, L) attention mask from its (B, L, L) bool 'may attend' matrices, in the form
+    the model's attention kernel reads: sdpa takes bool (True = attend) whatever the autocast dtype;
+    eager attention adds the mask to its scores, so a bool mask would be misread: it gets the additive
+    float mask in the model's dtype."""
+    if model.config._attn_implementation != "eager":
+        return allowed[:, None]
+    mask = torch.zeros(allowed.shape, dtype=model.dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)
+    return mask[:, None]
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for queued device work so that host timers measure it (a no-op on CPU)."""
     if device.type == "cuda":

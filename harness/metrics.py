@@ -28,42 +28,68 @@ def summarize(records: list[dict]):
     ar = df[(df.decoder == "ar")].groupby(["task", "problem_id", "temperature"])["tokens_per_s"].mean()
     rows = []
     for key, g in df.groupby(GROUP, dropna=False, sort=True):
-        row = dict(zip(GROUP, key, strict=True))
-        row["generations"] = len(g)
-        row["problems"] = g.problem_id.nunique()
-        # Records whose toolchain was missing: left out of pass@k (passed is None), counted here instead.
-        row["unavailable"] = int((g.status == "unavailable").sum()) if "status" in g else 0
-        if g.passed.notna().any():
-            scored = g[g.passed.notna()]  # unscored records (unavailable toolchain) leave pass@k
-            per_problem = scored.groupby("problem_id").passed.agg(["count", "sum"])
-            for k in (1, 10):
-                if (per_problem["count"] >= k).all():
-                    row[f"pass@{k}"] = float(
-                        pass_at_k(per_problem["count"].values, per_problem["sum"].values, k).mean()
-                    )
-        drafted = g.drafted.sum()
-        row["accept_rate_mean"] = g.accept_rate.dropna().mean() if g.accept_rate.notna().any() else None
-        row["accept_rate_pooled"] = g.accepted.sum() / drafted if drafted else None
-        row["mean_accepted_per_loop"] = g.accepted.sum() / g.loops.sum() if drafted and g.loops.sum() else None
-        row["tokens_per_forward"] = g.new_tokens.sum() / g.forward_passes.sum() if g.forward_passes.sum() else None
-        row["tokens_per_s"] = g.new_tokens.sum() / g.decode_s.sum() if g.decode_s.sum() > 0 else None
-        ratios = []
-        for r in g.itertuples():
-            base = ar.get((r.task, r.problem_id, r.temperature))
-            if base and r.tokens_per_s:
-                ratios.append(r.tokens_per_s / base)
-        row.update(paired_speedup(ratios))
-        identical = g.identical_to_ar.dropna()
-        row["identical_to_ar"] = float(identical.mean()) if len(identical) else None
-        # Greedy divergences from AR, told apart (harness.exactness): rounding near-ties vs bugs.
-        classes = g.exactness.dropna() if "exactness" in g else []
-        for name in ("numerical", "mismatch"):
-            row[f"diverged_{name}"] = float((classes == name).mean()) if len(classes) else None
-        rows.append(row)
+        rows.append(
+            {
+                **dict(zip(GROUP, key, strict=True)),
+                "generations": len(g),
+                "problems": g.problem_id.nunique(),
+                # Records whose toolchain was missing: left out of pass@k (passed is None), counted here.
+                "unavailable": int((g.status == "unavailable").sum()) if "status" in g else 0,
+                **_pass_at_ks(g),
+                **_acceptance(g),
+                **paired_speedup(_speed_ratios(g, ar)),
+                **_exactness(g),
+            }
+        )
     table = pd.DataFrame(rows)
     if "unavailable" in table and not table["unavailable"].any():
         table = table.drop(columns="unavailable")  # the column shows only when it has something to say
     return table
+
+
+def _pass_at_ks(g) -> dict:
+    """pass@1 and pass@10 over the scored records (unscored ones, an unavailable toolchain, leave)."""
+    if not g.passed.notna().any():
+        return {}
+    per_problem = g[g.passed.notna()].groupby("problem_id").passed.agg(["count", "sum"])
+    counts, passes = per_problem["count"].values, per_problem["sum"].values
+    return {f"pass@{k}": float(pass_at_k(counts, passes, k).mean()) for k in (1, 10) if (counts >= k).all()}
+
+
+def _acceptance(g) -> dict:
+    drafted = g.drafted.sum()
+    loops = g.loops.sum()
+    return {
+        "accept_rate_mean": g.accept_rate.dropna().mean() if g.accept_rate.notna().any() else None,
+        "accept_rate_pooled": g.accepted.sum() / drafted if drafted else None,
+        "mean_accepted_per_loop": g.accepted.sum() / loops if drafted and loops else None,
+        "tokens_per_forward": g.new_tokens.sum() / g.forward_passes.sum() if g.forward_passes.sum() else None,
+        "tokens_per_s": g.new_tokens.sum() / g.decode_s.sum() if g.decode_s.sum() > 0 else None,
+    }
+
+
+def _speed_ratios(g, ar) -> list[float]:
+    """Each record's tokens/s over AR's on the same problem and temperature."""
+    ratios = []
+    for r in g.itertuples():
+        base = ar.get((r.task, r.problem_id, r.temperature))
+        if base and r.tokens_per_s:
+            ratios.append(r.tokens_per_s / base)
+    return ratios
+
+
+def _exactness(g) -> dict:
+    """Share identical to AR, and greedy divergences told apart (harness.exactness): rounding
+    near-ties vs bugs."""
+    identical = g.identical_to_ar.dropna()
+    classes = g.exactness.dropna() if "exactness" in g else []
+    return {
+        "identical_to_ar": float(identical.mean()) if len(identical) else None,
+        **{
+            f"diverged_{name}": float((classes == name).mean()) if len(classes) else None
+            for name in ("numerical", "mismatch")
+        },
+    }
 
 
 def paired_speedup(ratios: list[float]) -> dict:
@@ -77,5 +103,8 @@ def paired_speedup(ratios: list[float]) -> dict:
     from scipy import stats
 
     half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
-    return {"speedup": float(np.exp(mean)), "speedup_lo": float(np.exp(mean - half)),
-            "speedup_hi": float(np.exp(mean + half))}  # fmt: skip
+    return {
+        "speedup": float(np.exp(mean)),
+        "speedup_lo": float(np.exp(mean - half)),
+        "speedup_hi": float(np.exp(mean + half)),
+    }

@@ -22,14 +22,45 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-NPM_PACKAGES = ["rxjs", "zod", "typeorm", "@nestjs/core", "@nestjs/common", "@angular/core", "vue", "lodash",
-                "express", "axios", "three", "mocha", "eslint", "webpack", "prettier"]  # fmt: skip
-RUST_SDISTS = ["ruff", "tokenizers", "pydantic-core", "orjson", "cryptography", "rpds-py", "jiter", "safetensors",
-               "polars", "tiktoken"]  # fmt: skip
+NPM_PACKAGES = [
+    "rxjs",
+    "zod",
+    "typeorm",
+    "@nestjs/core",
+    "@nestjs/common",
+    "@angular/core",
+    "vue",
+    "lodash",
+    "express",
+    "axios",
+    "three",
+    "mocha",
+    "eslint",
+    "webpack",
+    "prettier",
+]
+RUST_SDISTS = [
+    "ruff",
+    "tokenizers",
+    "pydantic-core",
+    "orjson",
+    "cryptography",
+    "rpds-py",
+    "jiter",
+    "safetensors",
+    "polars",
+    "tiktoken",
+]
 BUDGET_MB = {"java": 14, "go": 14, "js": 12, "ts": 8, "rs": 14, "php": 4, "sh": 2}
 # Installed trees searched for JS, PHP and shell (scripts in bin directories are found by their #! line).
-LOCAL_ROOTS = ("/usr/lib/node_modules", "/usr/share/php", "/usr/lib/google-cloud-sdk", "/usr/bin", "/usr/sbin",
-               "/etc/init.d")  # fmt: skip
+LOCAL_ROOTS = (
+    "/usr/lib/node_modules",
+    "/usr/share/php",
+    "/usr/lib/google-cloud-sdk",
+    "/usr/bin",
+    "/usr/sbin",
+    "/etc/init.d",
+)
 EXT = {".java": "java", ".go": "go", ".js": "js", ".mjs": "js", ".ts": "ts", ".rs": "rs", ".php": "php", ".sh": "sh"}
 
 

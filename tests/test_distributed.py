@@ -18,8 +18,17 @@ MEASURED = ("prefill_s", "decode_s", "tokens_per_s", "tokens_per_s_e2e", "device
 
 
 # --multi_gpu is accelerate's torchrun launcher; on a machine without CUDA its processes use gloo
-LAUNCH = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-          "--dynamo_backend", "no"]  # fmt: skip
+LAUNCH = [
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
 
 
 def _launch(args: list[str]) -> subprocess.CompletedProcess:
@@ -73,8 +82,12 @@ def test_ddp_training_on_two_processes_keeps_replicas_identical(tmp_path):
     count fixed from timings is agreed between them) and end with identical weights."""
     prefix = tmp_path / "ddp"
     script = str(Path(__file__).with_name("ddp_train.py"))
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *LAUNCH, script, str(prefix)],
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", *LAUNCH, script, str(prefix)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     ranks = [json.loads((tmp_path / f"ddp.rank{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["steps"] == ranks[1]["steps"] == 64
@@ -90,10 +103,39 @@ def test_recipe_on_two_processes_builds_data_once_and_trains_a_fixed_step_count(
 
     work = tmp_path / "work"
     root = Path(__file__).resolve().parent.parent / "harness"
-    proc = _launch(["train", "--work", str(work), "--roots", str(root), "--mb", "python=1", "--humaneval",
-                    str(HUMANEVAL), "--stages", "corpus,tokenizer,tokens,pretrain,sdsat", "--vocab-size", "400",
-                    "--hidden", "32", "--layers", "2", "--heads", "2", "--intermediate", "64", "--seq-len", "64",
-                    "--batch-size", "4", "--max-k", "4", "--max-steps", "12"])  # fmt: skip
+    proc = _launch(
+        [
+            "train",
+            "--work",
+            str(work),
+            "--roots",
+            str(root),
+            "--mb",
+            "python=1",
+            "--humaneval",
+            str(HUMANEVAL),
+            "--stages",
+            "corpus,tokenizer,tokens,pretrain,sdsat",
+            "--vocab-size",
+            "400",
+            "--hidden",
+            "32",
+            "--layers",
+            "2",
+            "--heads",
+            "2",
+            "--intermediate",
+            "64",
+            "--seq-len",
+            "64",
+            "--batch-size",
+            "4",
+            "--max-k",
+            "4",
+            "--max-steps",
+            "12",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     timings = json.loads((work / "timings.json").read_text())
     assert set(timings) == {"corpus", "tokenizer", "tokens", "pretrain", "sdsat"}

@@ -91,15 +91,11 @@ def test_real_bf16_divergences_are_numerical():
 
 
 def test_the_gate_fails_on_a_mismatch(tmp_path, tiny_checkpoint, monkeypatch, capsys):
-    import harness.decoding
     from harness.cli import main
+    from harness.decoding import REGISTRY, DecoderSpec
 
-    real = harness.decoding.make_decoder
-
-    def broken(name, lm, k=0, **kwargs):
-        return OffByOneSdsat(lm, k) if name == "sdsat" else real(name, lm, k=k, **kwargs)
-
-    monkeypatch.setattr(harness.decoding, "make_decoder", broken)
+    # the registry is the one place a decoder is named: the broken one replaces sdsat for this run
+    monkeypatch.setitem(REGISTRY, "sdsat", DecoderSpec("sdsat", lambda lm, o: OffByOneSdsat(lm, o.k), "any"))
     out = tmp_path / "run"
     args = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "3", "--limit", "4", "--max-new-tokens", "24"]
     assert main(["run", "--model", str(tiny_checkpoint), *args, "--out", str(out)]) == 0

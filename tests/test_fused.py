@@ -43,10 +43,15 @@ def test_fused_greedy_equals_ar_for_every_k_and_group_policy(seed, repeated, con
     assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
 
 
-@pytest.mark.parametrize("decoder,sampling", [
-    ("sdsat-fused", SamplingParams()), ("sdsat-fused", SamplingParams(temperature=1.0, seed=3)),
-    ("sdsat", SamplingParams()), ("sdsat", SamplingParams(temperature=1.0, seed=3)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "decoder,sampling",
+    [
+        ("sdsat-fused", SamplingParams()),
+        ("sdsat-fused", SamplingParams(temperature=1.0, seed=3)),
+        ("sdsat", SamplingParams()),
+        ("sdsat", SamplingParams(temperature=1.0, seed=3)),
+    ],
+)
 def test_cache_holds_every_token_but_the_pending_one_after_every_loop(monkeypatch, decoder, sampling):
     lm = make_lm(seed=2, context_free=True, alphabet="abcdefgh")  # drafts often right
     checked = []

@@ -23,8 +23,10 @@ def _records(out):
 
 
 def _keys(records):
-    return [(r["task"], r["problem_id"], r["decoder"], r["k"], r["temperature"], r["accept"], r["sample_idx"])
-            for r in records]  # fmt: skip
+    return [
+        (r["task"], r["problem_id"], r["decoder"], r["k"], r["temperature"], r["accept"], r["sample_idx"])
+        for r in records
+    ]
 
 
 def test_run_writes_records_and_summary(capsys, tmp_path, tiny_checkpoint):
@@ -102,11 +104,14 @@ def test_resume_accepts_a_run_written_before_a_setting_existed(tmp_path, tiny_ch
     )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--tasks", "nope"], "unknown task 'nope'"),
-    (["--k", "9"], "beyond the model's 4 adaptive tokens"),
-    (["--decoders", "ar,beam"], "unknown decoder 'beam'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--tasks", "nope"], "unknown task 'nope'"),
+        (["--k", "9"], "beyond the model's 4 adaptive tokens"),
+        (["--decoders", "ar,beam"], "unknown decoder 'beam'"),
+    ],
+)
 def test_bad_run_input_is_one_line(capsys, tmp_path, tiny_checkpoint, args, message):
     base = {"--tasks": "humaneval", "--k": "1", "--decoders": "ar,sdsat"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
@@ -130,11 +135,26 @@ def test_paired_speedup_and_pass_at_k_from_records():
     assert s["speedup"] == pytest.approx(2.0) and s["speedup_lo"] == pytest.approx(2.0)
     s = paired_speedup([1.0, 4.0])
     assert s["speedup"] == pytest.approx(2.0) and s["speedup_lo"] < 2.0 < s["speedup_hi"]
-    base = {"task": "t", "k": 0, "temperature": 0.8, "top_p": 0.95, "accept": "-", "drafted": 0, "accepted": 0,
-            "loops": 4, "new_tokens": 4, "forward_passes": 4, "decode_s": 1.0, "accept_rate": None,
-            "identical_to_ar": None}  # fmt: skip
-    records = [{**base, "decoder": "ar", "problem_id": p, "sample_idx": i, "passed": ok, "tokens_per_s": 4.0}
-               for p, oks in (("a", [1, 0]), ("b", [0, 0])) for i, ok in enumerate(oks)]  # fmt: skip
+    base = {
+        "task": "t",
+        "k": 0,
+        "temperature": 0.8,
+        "top_p": 0.95,
+        "accept": "-",
+        "drafted": 0,
+        "accepted": 0,
+        "loops": 4,
+        "new_tokens": 4,
+        "forward_passes": 4,
+        "decode_s": 1.0,
+        "accept_rate": None,
+        "identical_to_ar": None,
+    }
+    records = [
+        {**base, "decoder": "ar", "problem_id": p, "sample_idx": i, "passed": ok, "tokens_per_s": 4.0}
+        for p, oks in (("a", [1, 0]), ("b", [0, 0]))
+        for i, ok in enumerate(oks)
+    ]
     row = summarize(records).iloc[0]
     assert row["pass@1"] == pytest.approx(0.25) and row["speedup"] == pytest.approx(1.0)
 
@@ -146,8 +166,23 @@ def test_exact_match_tasks_are_scored_without_execution(capsys, tmp_path, tiny_c
     if not os.path.isdir(data):
         pytest.skip("no evaluation data directory")
     out = tmp_path / "run"
-    argv = ["run", "--model", str(tiny_checkpoint), "--tasks", "humaneval,santacoder-fim-py", "--decoders", "ar",
-            "--limit", "2", "--max-new-tokens", "4", "--data-dir", data, "--out", str(out)]  # fmt: skip
+    argv = [
+        "run",
+        "--model",
+        str(tiny_checkpoint),
+        "--tasks",
+        "humaneval,santacoder-fim-py",
+        "--decoders",
+        "ar",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--data-dir",
+        data,
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = _records(out)
     assert [r["passed"] is None for r in records] == [True, True, False, False]
@@ -156,8 +191,21 @@ def test_exact_match_tasks_are_scored_without_execution(capsys, tmp_path, tiny_c
 def test_suite_settings_and_flag_overrides(capsys, tmp_path, tiny_checkpoint):
     out = tmp_path / "smoke"
     # smoke suite without a data dir: HumanEval only; its k = 3,5,7 is overridden here (the model has 4)
-    argv = ["run", "--model", str(tiny_checkpoint), "--suite", "smoke", "--k", "2", "--limit", "2",
-            "--max-new-tokens", "4", "--out", str(out)]  # fmt: skip
+    argv = [
+        "run",
+        "--model",
+        str(tiny_checkpoint),
+        "--suite",
+        "smoke",
+        "--k",
+        "2",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     records = _records(out)
     assert {r["task"] for r in records} == {"humaneval"} and {(r["decoder"], r["k"]) for r in records} == {

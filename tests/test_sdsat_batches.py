@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from harness import hf_compat
 from harness.training.sdsat_batches import IGNORE, build_sdsat_batch
 from tests.tiny import make_lm
 
@@ -17,7 +18,9 @@ def test_standard_logits_untouched_by_adaptive_groups():
     with torch.no_grad():
         plain = lm.model(tokens).logits
         with_groups = lm.model(
-            batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.additive_mask(torch.float32)
+            batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=hf_compat.batch_mask(lm.model, batch.allowed),
         ).logits
     torch.testing.assert_close(with_groups[:, : batch.seq_len], plain, atol=1e-5, rtol=1e-5)
 
@@ -31,7 +34,9 @@ def test_adaptive_logits_equal_a_draft_pass():
     batch = build_sdsat_batch(tokens, ids, n_groups=3, generator=gen)
     with torch.no_grad():
         logits = lm.model(
-            batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.additive_mask(torch.float32)
+            batch.input_ids,
+            position_ids=batch.position_ids,
+            attention_mask=hf_compat.batch_mask(lm.model, batch.allowed),
         ).logits[0]
         for group in range(3):
             start = batch.seq_len + group * 5

@@ -22,12 +22,23 @@ from harness.tasks import CHEATS, load_problems, registry, wrong_completion
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = Path(__file__).resolve().parent / "multipl_e_solutions"
 EXPECTED_SIZES = {
-    "humaneval": 164, "multiple-cpp": 161, "multiple-java": 158, "multiple-js": 161, "multiple-ts": 159,
-    "multiple-php": 161, "multiple-sh": 158, "multiple-rs": 156, "multiple-go": 154,
-    "humaneval-infill-single": 1033, "humaneval-infill-multi": 5815, "humaneval-infill-random-span": 1640,
-    "humaneval-infill-random-span-light": 164, "santacoder-fim-py": 1141, "santacoder-fim-js": 2026,
+    "humaneval": 164,
+    "multiple-cpp": 161,
+    "multiple-java": 158,
+    "multiple-js": 161,
+    "multiple-ts": 159,
+    "multiple-php": 161,
+    "multiple-sh": 158,
+    "multiple-rs": 156,
+    "multiple-go": 154,
+    "humaneval-infill-single": 1033,
+    "humaneval-infill-multi": 5815,
+    "humaneval-infill-random-span": 1640,
+    "humaneval-infill-random-span-light": 164,
+    "santacoder-fim-py": 1141,
+    "santacoder-fim-js": 2026,
     "santacoder-fim-java": 1832,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +65,22 @@ def test_every_task_loads_from_the_local_data(task, data_dir):
 
 
 def test_wheel_ships_the_task_configs(tmp_path):
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(tmp_path.glob("sdsat_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     configs = [n for n in names if n.startswith("harness/task_configs/") and n.endswith(".yaml")]
@@ -87,8 +112,9 @@ def test_humaneval_validation_all_references_pass():
     assert result["wrong_statuses"] == {"failed": len(problems) * (1 + len(CHEATS["python"]))}
 
 
-@pytest.mark.parametrize("task", ["humaneval-infill-random-span-light", "santacoder-fim-py", "santacoder-fim-js",
-                                  "santacoder-fim-java"])  # fmt: skip
+@pytest.mark.parametrize(
+    "task", ["humaneval-infill-random-span-light", "santacoder-fim-py", "santacoder-fim-js", "santacoder-fim-java"]
+)
 def test_infilling_and_fim_references(task, data_dir):
     problems = load_problems(task, data_dir)
     result = validate(problems, workers=2)
@@ -132,11 +158,13 @@ def _data_copy(tmp_path: Path, data_dir: str, lang: str, mutate) -> Path:
     "mutate,message",
     [
         (lambda lines: [lines[0], lines[1][: len(lines[1]) // 2], lines[2]], ":2: malformed JSON"),
-        (lambda lines: [lines[0], json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "tests"})],
-         ":2: missing field 'tests'"),
+        (
+            lambda lines: [lines[0], json.dumps({k: v for k, v in json.loads(lines[1]).items() if k != "tests"})],
+            ":2: missing field 'tests'",
+        ),
         (lambda lines: [json.dumps({**json.loads(lines[0]), "language": "cobol"})], ":1: unknown language 'cobol'"),
     ],
-)  # fmt: skip
+)
 def test_malformed_data_is_one_line_naming_file_and_line(tmp_path, data_dir, mutate, message):
     bad_dir = _data_copy(tmp_path, data_dir, "js", mutate)
     with pytest.raises(HarnessError) as err:

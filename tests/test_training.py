@@ -48,8 +48,9 @@ def test_build_corpus_dedups_and_decontaminates(tmp_path):
     (src / "pkg" / "leak.py").write_text("import math\n\n" + _first_humaneval_solution() + "\n" + CODE)
     (src / "pkg" / "notes.txt").write_text(CODE)  # not a source file
     (src / "pkg" / "util.sh").write_text('#!/bin/sh\nfor f in *.txt; do\n  echo "$f"\ndone\n' * 10)
-    manifest = corpus.build_corpus([str(src)], tmp_path / "out", {"python": 10**6, "sh": 10**6},
-                                   humaneval_path=str(HUMANEVAL), workers=1)  # fmt: skip
+    manifest = corpus.build_corpus(
+        [str(src)], tmp_path / "out", {"python": 10**6, "sh": 10**6}, humaneval_path=str(HUMANEVAL), workers=1
+    )
     assert manifest["candidates"] == 4
     assert manifest["rejected"] == {"duplicate": 1, "contaminated": 1}
     assert manifest["kept"] == 2 and set(manifest["bytes_per_lang"]) == {"python", "sh"}
@@ -100,19 +101,39 @@ def tiny_recipe(tmp_path_factory):
     work = tmp_path_factory.mktemp("recipe")
     root = Path(__file__).resolve().parent.parent / "harness"
     cfg = RecipeConfig(
-        work=str(work), roots=(str(root),), mb_per_lang={"python": 1}, humaneval_path=str(HUMANEVAL),
-        vocab_size=400, tokenizer_sample_mb=1, hidden=32, layers=2, heads=2, intermediate=64, seq_len=64,
-        max_k=4, pretrain_minutes=0.02, sdsat_minutes=0.02, n_groups=4, batch_size=4, eval_prompts=2,
+        work=str(work),
+        roots=(str(root),),
+        mb_per_lang={"python": 1},
+        humaneval_path=str(HUMANEVAL),
+        vocab_size=400,
+        tokenizer_sample_mb=1,
+        hidden=32,
+        layers=2,
+        heads=2,
+        intermediate=64,
+        seq_len=64,
+        max_k=4,
+        pretrain_minutes=0.02,
+        sdsat_minutes=0.02,
+        n_groups=4,
+        batch_size=4,
+        eval_prompts=2,
         eval_max_new_tokens=8,
-    )  # fmt: skip
+    )
     random.seed(0)
     run(cfg, log=lambda *_: None)
     return work
 
 
 def test_recipe_writes_loadable_checkpoints(tiny_recipe):
-    for stage in ("corpus/manifest.json", "tokenizer/tokenizer.json", "train.npy", "pretrain_log.jsonl",
-                  "sdsat_log.jsonl", "eval.json"):  # fmt: skip
+    for stage in (
+        "corpus/manifest.json",
+        "tokenizer/tokenizer.json",
+        "train.npy",
+        "pretrain_log.jsonl",
+        "sdsat_log.jsonl",
+        "eval.json",
+    ):
         assert (tiny_recipe / stage).exists(), stage
     lm = load_model(str(tiny_recipe / "sdsat"))
     assert lm.adaptive.max_k == 4 and lm.fim is not None

@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from harness.models import LoadedModel, fim_from_tokenizer
-from harness.training.checkpoint import adaptive_spec_for, llama_config, random_model
-from harness.training.tokenizer import char_tokenizer
+from harness.training.checkpoint import adaptive_spec_for, llama_config
+from harness.training.tokenizer import N_ADAPTIVE, PAD, special_tokens, wrap
 
 ALPHABET = "abcdefgh ():\n"
+
+
+def char_tokenizer(alphabet: str, n_adaptive: int = N_ADAPTIVE) -> PreTrainedTokenizerFast:
+    """One token per character of ``alphabet`` (after the specials): tiny vocabularies for tests."""
+    specials = special_tokens(n_adaptive)
+    vocab = {t: i for i, t in enumerate([*specials, *dict.fromkeys(alphabet)])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=PAD))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(specials)
+    return wrap(tok, n_adaptive)
+
+
+def random_model(config: LlamaConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config).to(dtype).eval()
 
 
 def make_lm(

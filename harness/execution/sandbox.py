@@ -501,6 +501,7 @@ def _execute(
     fds = {name: _memfd(name, data) for name, data in files.items()}
     status_r, status_w = os.pipe()  # the driver's "built" / "build-failed N"
     json_r, json_w = os.pipe()  # bubblewrap's status: the PID namespace's init
+    owned = [*fds.values(), status_r, status_w, json_r, json_w]  # closed however this ends
     workdir, group = None, None
     with _slot_uid() as uid:
         try:
@@ -518,28 +519,50 @@ def _execute(
                 preexec_fn=_preexec(limits, group, drop_to),
                 pass_fds=(status_w, json_w, *fds.values()),
             )
-            for fd in (status_w, json_w):
-                os.close(fd)
-            status_w = json_w = -1
-            pumped = _Pumped(proc, proof)
-            try:
-                pumped.pump(status_r, json_r, build_timeout if build else run_timeout, run_timeout)
-            finally:
-                _kill(proc, pumped.init_pid if isolation == "bubblewrap" else None)
-            memory_limit = f"cgroup-{group.hierarchy.kind}" if group else "rlimit-as"
-            outcome = pumped.outcome(bool(group and group.memory_peak_exceeded()), memory_limit)
+            _close(owned, status_w, json_w)  # the program holds the write ends now
+            timeouts = (build_timeout if build else run_timeout, run_timeout)
+            outcome = _watch(proc, proof, status_r, json_r, timeouts, isolation, group)
         finally:
-            if group is not None:
-                group.kill_all()
-            for fd in (*fds.values(), status_r, status_w, json_r, json_w):
-                if fd >= 0:
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
-            if workdir is not None:
-                shutil.rmtree(workdir, ignore_errors=True)
-                if uid is not None:
-                    _clear_leftovers(uid)
+            _clean_up(group, owned, workdir, uid)
     return _judge(outcome, time.perf_counter() - start, isolation)
+
+
+def _close(owned: list[int], *fds: int) -> None:
+    for fd in fds:
+        owned.remove(fd)
+        os.close(fd)
+
+
+def _watch(
+    proc: subprocess.Popen,
+    proof: bytes | None,
+    status_r: int,
+    json_r: int,
+    timeouts: tuple[float, float],
+    isolation: str,
+    group: cgroup.Group | None,
+) -> _Outcome:
+    """Pump the program's output and status until it ends or times out; it dies here either way."""
+    pumped = _Pumped(proc, proof)
+    try:
+        pumped.pump(status_r, json_r, *timeouts)
+    finally:
+        _kill(proc, pumped.init_pid if isolation == "bubblewrap" else None)
+    memory_limit = f"cgroup-{group.hierarchy.kind}" if group else "rlimit-as"
+    return pumped.outcome(bool(group and group.memory_peak_exceeded()), memory_limit)
+
+
+def _clean_up(group: cgroup.Group | None, owned: list[int], workdir: str | None, uid: int | None) -> None:
+    """Whatever the program started dies, the descriptors close, and (rlimits) what it left goes."""
+    if group is not None:
+        group.kill_all()
+    for fd in owned:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if uid is not None:
+            _clear_leftovers(uid)
 
 
 def _private_dir(files: dict[str, bytes], uid: int | None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig
 
 from harness.models import AdaptiveSpec
 from harness.training.tokenizer import adaptive_token_names
@@ -44,13 +44,14 @@ def llama_config(
     )
 
 
-def random_model(config: LlamaConfig, seed: int = 0, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).to(dtype).eval()
-
-
-def save_checkpoint(model, tokenizer, out_dir: str | Path, adaptive: AdaptiveSpec | None,
-                    dtype: torch.dtype | None = None, max_shard_size: str | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    model,
+    tokenizer,
+    out_dir: str | Path,
+    adaptive: AdaptiveSpec | None,
+    dtype: torch.dtype | None = None,
+    max_shard_size: str | None = None,
+) -> Path:
     """Weights (optionally cast, e.g. to bf16, and sharded), config with the ``sdsat`` entry, tokenizer."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ import itertools
 import json
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -79,112 +80,133 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
     """Run the requested stages. Under ``accelerate launch`` with several processes the data stages and
     the evaluation run on the main process while the others wait, the training stages run on every
     process (DDP or FSDP, as the launch configures) and the main process saves the checkpoint."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    _Recipe(cfg, stages, log).run()
 
-    from harness.distributed import current_shard
 
-    cuda = torch.cuda.is_available()
-    shard = current_shard(cpu=not cuda)
-    work = Path(cfg.work)
-    work.mkdir(parents=True, exist_ok=True)
-    corpus_dir, tok_dir = work / "corpus", work / "tokenizer"
-    base_dir, sdsat_dir, draft_dir = work / "base", work / "sdsat", work / "draft"
-    device = torch.device(shard.device("cuda" if cuda else "cpu"))
-    timings = json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
+class _Recipe:
+    """One recipe run: where each stage writes under ``cfg.work``, and the stages themselves."""
 
-    def stage(name: str, output: Path | None, fn, every_process: bool = False) -> None:
+    def __init__(self, cfg: RecipeConfig, stages: tuple[str, ...], log):
+        from harness.distributed import current_shard
+
+        self.cfg, self.stages, self.log = cfg, stages, log
+        cuda = torch.cuda.is_available()
+        self.shard = current_shard(cpu=not cuda)
+        self.device = torch.device(self.shard.device("cuda" if cuda else "cpu"))
+        self.work = Path(cfg.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.corpus_dir, self.tok_dir = self.work / "corpus", self.work / "tokenizer"
+        self.base_dir, self.sdsat_dir, self.draft_dir = self.work / "base", self.work / "sdsat", self.work / "draft"
+        timings = self.work / "timings.json"
+        self.timings = json.loads(timings.read_text()) if timings.exists() else {}
+        self.tokenizer = self.adaptive = None
+
+    def run(self) -> None:
+        cfg, work = self.cfg, self.work
+        self.stage("corpus", self.corpus_dir / "manifest.json", self.make_corpus)
+        self.stage("tokenizer", self.tok_dir / "tokenizer.json", self.make_tokenizer)
+        self.load_tokenizer()
+        self.stage("tokens", work / "heldout.npy", self.make_tokens)
+        model_shape = (cfg.hidden, cfg.layers, cfg.heads, cfg.intermediate)
+        draft_shape = (cfg.draft_hidden, cfg.draft_layers, cfg.draft_heads, cfg.draft_intermediate)
+        base = partial(self.pretrain, self.base_dir, "pretrain", model_shape, cfg.pretrain_minutes)
+        self.stage("pretrain", self.base_dir / "config.json", base, every_process=True)
+        self.stage("sdsat", self.sdsat_dir / "config.json", self.finetune, every_process=True)
+        draft = partial(self.pretrain, self.draft_dir, "draft", draft_shape, cfg.draft_minutes)
+        self.stage("draft", self.draft_dir / "config.json", draft, every_process=True)
+        if (self.sdsat_dir / "config.json").exists():
+            self.stage("evaluate", None, partial(evaluate, cfg, work, self.device.type, self.log))
+        variants = partial(compare, cfg, work, self.adaptive, self.device, self.shard.is_main, self.log)
+        self.stage("compare", work / "compare.json", variants, every_process=True)
+
+    def stage(self, name: str, output: Path | None, fn, every_process: bool = False) -> None:
         """Run ``fn`` unless the stage was not asked for or its ``output`` exists (a finished stage)."""
-        if name in stages and (output is None or not output.exists()) and (every_process or shard.is_main):
+        shard = self.shard
+        if name in self.stages and (output is None or not output.exists()) and (every_process or shard.is_main):
             t0 = time.perf_counter()
             fn()
             if shard.is_main:
-                timings[name] = time.perf_counter() - t0
-                (work / "timings.json").write_text(json.dumps(timings, indent=1))
-                log(f"[recipe] {name}: {timings[name]:.1f}s")
+                self.timings[name] = time.perf_counter() - t0
+                (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
+                self.log(f"[recipe] {name}: {self.timings[name]:.1f}s")
         shard.wait()  # every process sees the same finished stages
 
-    def make_corpus():
+    def make_corpus(self) -> None:
+        cfg = self.cfg
         budget = {lang: int(mb * 1e6) for lang, mb in cfg.mb_per_lang.items()}
-        build_corpus(list(cfg.roots), corpus_dir, budget, cfg.data_dir, cfg.humaneval_path)
+        build_corpus(list(cfg.roots), self.corpus_dir, budget, cfg.data_dir, cfg.humaneval_path)
 
-    def make_tokenizer():
-        budget = cfg.tokenizer_sample_mb * 1e6
+    def make_tokenizer(self) -> None:
+        budget = self.cfg.tokenizer_sample_mb * 1e6
         sample = []
-        for doc in read_corpus(corpus_dir / "train.jsonl"):
+        for doc in read_corpus(self.corpus_dir / "train.jsonl"):
             sample.append(doc["text"])
             budget -= len(doc["text"])
             if budget <= 0:
                 break
-        train_bpe_tokenizer(sample, cfg.vocab_size).save_pretrained(tok_dir)
+        train_bpe_tokenizer(sample, self.cfg.vocab_size).save_pretrained(self.tok_dir)
 
-    stage("corpus", corpus_dir / "manifest.json", make_corpus)
-    stage("tokenizer", tok_dir / "tokenizer.json", make_tokenizer)
-    tokenizer = AutoTokenizer.from_pretrained(tok_dir) if tok_dir.exists() else None
+    def load_tokenizer(self) -> None:
+        from transformers import AutoTokenizer
 
-    def make_tokens():
+        if self.tok_dir.exists():
+            self.tokenizer = AutoTokenizer.from_pretrained(self.tok_dir)
+            self.adaptive = adaptive_spec_for(self.tokenizer, self.cfg.max_k, repeated=self.cfg.repeated_adaptive)
+
+    def make_tokens(self) -> None:
+        work = self.work
         for split in ("train", "heldout"):
-            texts = [d["text"] for d in read_corpus(corpus_dir / f"{split}.jsonl")]
-            np.save(work / f"{split}.npy", encode_documents(tokenizer, texts, seed=cfg.seed))
-        manifest = json.loads((corpus_dir / "manifest.json").read_text())
+            texts = [d["text"] for d in read_corpus(self.corpus_dir / f"{split}.jsonl")]
+            np.save(work / f"{split}.npy", encode_documents(self.tokenizer, texts, seed=self.cfg.seed))
+        manifest = json.loads((self.corpus_dir / "manifest.json").read_text())
         manifest["train_tokens"] = int(np.load(work / "train.npy", mmap_mode="r").shape[0])
         manifest["heldout_tokens"] = int(np.load(work / "heldout.npy", mmap_mode="r").shape[0])
-        (corpus_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        (self.corpus_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
-    stage("tokens", work / "heldout.npy", make_tokens)
-    adaptive = adaptive_spec_for(tokenizer, cfg.max_k, repeated=cfg.repeated_adaptive) if tokenizer else None
-
-    def budget(minutes: float) -> dict:
+    def budget(self, minutes: float) -> dict:
         """A fixed number of optimiser steps if asked for, else a time budget."""
-        if cfg.max_steps:
-            return {"max_steps": cfg.max_steps, "time_budget_s": None}
+        if self.cfg.max_steps:
+            return {"max_steps": self.cfg.max_steps, "time_budget_s": None}
         return {"time_budget_s": minutes * 60}
 
-    def save(model, out_dir: Path, name: str, summary: dict, spec) -> None:
-        if shard.is_main:
-            save_checkpoint(model, tokenizer, out_dir, spec, torch.bfloat16, SHARD)
-            (work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+    def train_config(self, mode: str, lr: float, minutes: float, seed_offset: int = 0, **more) -> TrainConfig:
+        cfg = self.cfg
+        common = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "bf16": cfg.bf16}
+        return TrainConfig(mode=mode, lr=lr, seed=cfg.seed + seed_offset, **common, **self.budget(minutes), **more)
 
-    def pretrain(out_dir: Path, name: str, shape: tuple[int, int, int, int], minutes: float) -> None:
+    def save(self, model, out_dir: Path, name: str, summary: dict, spec) -> None:
+        if self.shard.is_main:
+            save_checkpoint(model, self.tokenizer, out_dir, spec, torch.bfloat16, SHARD)
+            (self.work / f"{name}_summary.json").write_text(json.dumps(summary, indent=1))
+
+    def pretrain(self, out_dir: Path, name: str, shape: tuple[int, int, int, int], minutes: float) -> None:
+        from transformers import LlamaForCausalLM
+
         hidden, layers, heads, intermediate = shape
-        config = llama_config(len(tokenizer), hidden, layers, heads, intermediate=intermediate, max_positions=2048,
-                              tokenizer=tokenizer)  # fmt: skip
-        torch.manual_seed(cfg.seed)  # the same initial weights in every process
-        model = LlamaForCausalLM(config).to(device)
-        stream = np.load(work / "train.npy", mmap_mode="r")
-        tc = TrainConfig(mode="pretrain", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
-                         seed=cfg.seed, grad_accum=cfg.grad_accum, bf16=cfg.bf16, **budget(minutes))  # fmt: skip
-        model, summary = train(model, np.asarray(stream), tc, work / f"{name}_log.jsonl")
-        save(model, out_dir, name, summary, None)
+        tokenizer = self.tokenizer
+        config = llama_config(
+            len(tokenizer), hidden, layers, heads, intermediate=intermediate, max_positions=2048, tokenizer=tokenizer
+        )
+        torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
+        model = LlamaForCausalLM(config).to(self.device)
+        stream = np.asarray(np.load(self.work / "train.npy", mmap_mode="r"))
+        tc = self.train_config("pretrain", self.cfg.pretrain_lr, minutes)
+        model, summary = train(model, stream, tc, self.work / f"{name}_log.jsonl")
+        self.save(model, out_dir, name, summary, None)
 
-    def finetune():
-        model = LlamaForCausalLM.from_pretrained(base_dir, dtype=torch.float32).to(device)
-        stream = np.load(work / "train.npy", mmap_mode="r")
-        tc = TrainConfig(mode="sdsat", seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.sdsat_lr, warmup=50,
-                         n_groups=cfg.n_groups, adaptive_weight=cfg.adaptive_weight, distill=cfg.distill,
-                         seed=cfg.seed + 1, grad_accum=cfg.grad_accum, bf16=cfg.bf16,
-                         **budget(cfg.sdsat_minutes))  # fmt: skip
-        model, summary = train(model, np.asarray(stream), tc, work / "sdsat_log.jsonl", list(adaptive.token_ids))
-        if shard.is_main:
+    def finetune(self) -> None:
+        from transformers import LlamaForCausalLM
+
+        cfg, work, ids = self.cfg, self.work, list(self.adaptive.token_ids)
+        model = LlamaForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32).to(self.device)
+        stream = np.asarray(np.load(work / "train.npy", mmap_mode="r"))
+        sdsat = {"n_groups": cfg.n_groups, "adaptive_weight": cfg.adaptive_weight, "distill": cfg.distill}
+        tc = self.train_config("sdsat", cfg.sdsat_lr, cfg.sdsat_minutes, seed_offset=1, warmup=50, **sdsat)
+        model, summary = train(model, stream, tc, work / "sdsat_log.jsonl", ids)
+        if self.shard.is_main:
             heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
-            summary["heldout"] = heldout_metrics(model, heldout, cfg.seq_len, list(adaptive.token_ids),
-                                                 n_groups=cfg.n_groups)  # fmt: skip
-        save(model, sdsat_dir, "sdsat", summary, adaptive)
-
-    model_shape = (cfg.hidden, cfg.layers, cfg.heads, cfg.intermediate)
-    draft_shape = (cfg.draft_hidden, cfg.draft_layers, cfg.draft_heads, cfg.draft_intermediate)
-    stage("pretrain", base_dir / "config.json", lambda: pretrain(base_dir, "pretrain", model_shape,
-                                                                 cfg.pretrain_minutes), every_process=True)  # fmt: skip
-    stage("sdsat", sdsat_dir / "config.json", finetune, every_process=True)
-    stage("draft", draft_dir / "config.json", lambda: pretrain(draft_dir, "draft", draft_shape, cfg.draft_minutes),
-          every_process=True)  # fmt: skip
-    if (sdsat_dir / "config.json").exists():
-        stage("evaluate", None, lambda: evaluate(cfg, work, device.type, log))
-    stage(
-        "compare",
-        work / "compare.json",
-        lambda: compare(cfg, work, adaptive, device, shard.is_main, log),
-        every_process=True,
-    )
+            summary["heldout"] = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
+        self.save(model, self.sdsat_dir, "sdsat", summary, self.adaptive)
 
 
 def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
@@ -199,8 +221,13 @@ def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> di
     for prompt in prompts:
         st = decoder.generate(encode(lm.tokenizer, prompt), stop, SamplingParams()).stats
         acc, dra, new, fwd = acc + st.accepted, dra + st.drafted, new + st.new_tokens, fwd + st.forward_passes
-    return {"accept_rate": acc / dra if dra else None, "tokens_per_forward": new / fwd if fwd else None,
-            "new_tokens": new, "forward_passes": fwd, "prompts": len(prompts)}  # fmt: skip
+    return {
+        "accept_rate": acc / dra if dra else None,
+        "tokens_per_forward": new / fwd if fwd else None,
+        "new_tokens": new,
+        "forward_passes": fwd,
+        "prompts": len(prompts),
+    }
 
 
 def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, is_main: bool = True, log=print) -> dict:
@@ -220,9 +247,18 @@ def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, is_ma
     results = {}
     for name, overrides in VARIANTS.items():
         model = LlamaForCausalLM.from_pretrained(work / "base", dtype=torch.float32).to(device)
-        tc = TrainConfig(seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.sdsat_lr, warmup=50,
-                         time_budget_s=cfg.compare_minutes * 60, n_groups=cfg.n_groups, log_every=10,
-                         adaptive_weight=cfg.adaptive_weight, seed=cfg.seed + 1, **overrides)  # fmt: skip
+        tc = TrainConfig(
+            seq_len=cfg.seq_len,
+            batch_size=cfg.batch_size,
+            lr=cfg.sdsat_lr,
+            warmup=50,
+            time_budget_s=cfg.compare_minutes * 60,
+            n_groups=cfg.n_groups,
+            log_every=10,
+            adaptive_weight=cfg.adaptive_weight,
+            seed=cfg.seed + 1,
+            **overrides,
+        )
         model, summary = train(model, stream, tc, work / f"compare_{name}_log.jsonl", ids)
         if not is_main:
             continue

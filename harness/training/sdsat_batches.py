@@ -28,11 +28,6 @@ class SdsatBatch:
     seq_len: int  # T: the first T columns are standard tokens
     is_standard: torch.Tensor | None = None  # (B, L) bool, for layouts where they are interleaved
 
-    def additive_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        mask = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device)
-        mask.masked_fill_(~self.allowed, torch.finfo(dtype).min)
-        return mask[:, None]
-
 
 def build_sdsat_batch(
     tokens: torch.Tensor, adaptive_ids: list[int], n_groups: int, generator: torch.Generator | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
@@ -22,7 +22,7 @@ def special_tokens(n_adaptive: int = N_ADAPTIVE) -> list[str]:
     return [BOS, EOS, PAD, *FIM_TOKENS, *adaptive_token_names(n_adaptive)]
 
 
-def _wrap(tok: Tokenizer, n_adaptive: int) -> PreTrainedTokenizerFast:
+def wrap(tok: Tokenizer, n_adaptive: int) -> PreTrainedTokenizerFast:
     specials = special_tokens(n_adaptive)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -45,15 +45,4 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, n_adaptive: int =
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    return _wrap(tok, n_adaptive)
-
-
-def char_tokenizer(alphabet: str, n_adaptive: int = N_ADAPTIVE) -> PreTrainedTokenizerFast:
-    """One token per character of ``alphabet`` (after the specials): tiny vocabularies for tests."""
-    specials = special_tokens(n_adaptive)
-    vocab = {t: i for i, t in enumerate([*specials, *dict.fromkeys(alphabet)])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token=PAD))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(specials)
-    return _wrap(tok, n_adaptive)
+    return wrap(tok, n_adaptive)

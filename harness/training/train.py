@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedType
 
+from harness import hf_compat
 from harness.training.data import sample_windows
 from harness.training.sdsat_batches import IGNORE, build_naive_batch, build_sdsat_batch
 
@@ -58,8 +59,7 @@ def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int
         ada = _ce(logits[~std_mask], batch.targets[~std_mask])
         return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
     batch = build_sdsat_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
-    # sdpa takes a bool 4D mask (True = attend) whatever the autocast dtype
-    mask = batch.allowed[:, None]
+    mask = hf_compat.batch_mask(_unwrapped(model), batch.allowed)
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits
     t = batch.seq_len
     std = _ce(logits[:, :t], batch.targets[:, :t])
@@ -75,75 +75,113 @@ def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int
     return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
 
 
+def _unwrapped(model):
+    """The transformers model inside a DDP/FSDP wrapper (its config says which attention it uses)."""
+    return getattr(model, "module", model)
+
+
+def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on vectors (norms, biases)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available())
+
+
+def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak at ``total`` steps."""
+    warm = min(1.0, (step + 1) / cfg.warmup)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+class _Clock:
+    """Steps 1-20 carry start-up costs (allocator, kernel selection): steps 21-60 are timed, and with a
+    time budget the number of steps is fixed then, the same on every process (DDP would wait forever
+    otherwise)."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator):
+        self.cfg, self.accelerator = cfg, accelerator
+        self.start = time.perf_counter()
+        self.timed_from, self.tokens_at_20 = None, 0
+
+    def total_after(self, step: int, total: int, tokens_seen: int) -> int:
+        if step == 20:
+            self.timed_from, self.tokens_at_20 = time.perf_counter(), tokens_seen
+        if step != 60 or self.cfg.time_budget_s is None:
+            return total
+        per_step = (time.perf_counter() - self.timed_from) / 40
+        left = self.cfg.time_budget_s - (time.perf_counter() - self.start)
+        total = min(self.cfg.max_steps, max(step + 1, step + int(left / per_step)))
+        device = self.accelerator.device
+        return int(self.accelerator.gather(torch.tensor([total], device=device)).min())
+
+    def summary(self, step: int, tokens_seen: int) -> dict:
+        end = time.perf_counter()
+        out = {"steps": step, "tokens": tokens_seen, "seconds": end - self.start}
+        if self.timed_from is not None and step > 20:  # all processes' tokens per second after the start-up steps
+            out["steady_tokens_per_s"] = (tokens_seen - self.tokens_at_20) / (end - self.timed_from)
+        return out
+
+
 def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, adaptive_ids: list[int] | None = None):
+    """Train ``model`` on windows of ``stream`` for ``cfg.max_steps`` or the time budget; returns the
+    trained model (one plain module) and a summary."""
     cuda = torch.cuda.is_available()
     # Under accelerate launch / torchrun without CUDA the processes train on CPU over gloo.
-    accelerator = Accelerator(mixed_precision="bf16" if cfg.bf16 and cuda else "no", cpu=not cuda,
-                              gradient_accumulation_steps=cfg.grad_accum)  # fmt: skip
-    torch.manual_seed(cfg.seed + accelerator.process_index)
-    rng = np.random.default_rng(cfg.seed + 1000 * accelerator.process_index)
-    gen = torch.Generator().manual_seed(cfg.seed + accelerator.process_index)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available(),
-    )  # fmt: skip
-    total = cfg.max_steps
-
-    def lr_at(step):
-        return cfg.lr * (
-            min(1.0, (step + 1) / cfg.warmup)
-            * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / total))))
-        )
-
-    model, opt = accelerator.prepare(model, opt)
+    accelerator = Accelerator(
+        mixed_precision="bf16" if cfg.bf16 and cuda else "no", cpu=not cuda, gradient_accumulation_steps=cfg.grad_accum
+    )
+    rank = accelerator.process_index
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng(cfg.seed + 1000 * rank)
+    gen = torch.Generator().manual_seed(cfg.seed + rank)
+    model, opt = accelerator.prepare(model, _optimizer(model, cfg))
     model.train()
-    log = open(log_path, "w")  # noqa: SIM115 -- appended to for the whole loop
-    start = time.perf_counter()
-    tokens_seen = 0
-    step = 0
-    while step < total:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        for _ in range(cfg.grad_accum):
-            x = torch.from_numpy(sample_windows(stream, cfg.batch_size, cfg.seq_len, rng)).to(accelerator.device)
-            with accelerator.accumulate(model), accelerator.autocast():
-                losses = step_losses(model, x, cfg, adaptive_ids, gen)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            tokens_seen += x.numel() * accelerator.num_processes
-        step += 1
-        if step == 20:
-            # Steps 1-20 carry start-up costs (allocator, kernel selection): time the next ones.
-            timed_from, tokens_at_20 = time.perf_counter(), tokens_seen
-        if step == 60 and cfg.time_budget_s is not None:
-            # Fix the number of steps to the time budget now that a step's steady time is known.
-            per_step = (time.perf_counter() - timed_from) / 40
-            left = cfg.time_budget_s - (time.perf_counter() - start)
-            total = min(cfg.max_steps, max(step + 1, step + int(left / per_step)))
-            # Every process must take the same number of steps (DDP would wait forever otherwise).
-            total = int(accelerator.gather(torch.tensor([total], device=accelerator.device)).min())
-        if step % cfg.log_every == 0 or step == total:
-            elapsed = time.perf_counter() - start
-            record = {k: float(v.detach()) for k, v in losses.items()}
-            record.update(step=step, total_steps=total, lr=lr_at(step), elapsed_s=elapsed,
-                          tokens=tokens_seen, tokens_per_s=tokens_seen / elapsed)  # fmt: skip
-            if accelerator.is_main_process:
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                print(json.dumps(record), flush=True)
-    accelerator.wait_for_everyone()
-    end = time.perf_counter()
-    log.close()
-    summary = {"steps": step, "tokens": tokens_seen, "seconds": end - start, "processes": accelerator.num_processes,
-               "distributed_type": str(accelerator.distributed_type), "config": asdict(cfg)}  # fmt: skip
-    if step > 20:  # all processes' tokens per second after the start-up steps
-        summary["steady_tokens_per_s"] = (tokens_seen - tokens_at_20) / (end - timed_from)
+    clock, total, step, tokens_seen = _Clock(cfg, accelerator), cfg.max_steps, 0, 0
+    with open(log_path, "w") as log:
+        while step < total:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step, total)
+            for _ in range(cfg.grad_accum):
+                x = torch.from_numpy(sample_windows(stream, cfg.batch_size, cfg.seq_len, rng)).to(accelerator.device)
+                losses = _micro_step(accelerator, model, opt, x, cfg, adaptive_ids, gen)
+                tokens_seen += x.numel() * accelerator.num_processes
+            step += 1
+            total = clock.total_after(step, total, tokens_seen)
+            if step % cfg.log_every == 0 or step == total:
+                _log(accelerator, log, losses, step, total, learning_rate(cfg, step, total), clock, tokens_seen)
+        accelerator.wait_for_everyone()
+    summary = {
+        **clock.summary(step, tokens_seen),
+        "processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "config": asdict(cfg),
+    }
     return _gathered(accelerator, model), summary
+
+
+def _micro_step(accelerator, model, opt, x, cfg: TrainConfig, adaptive_ids, gen) -> dict:
+    """One micro-batch's forward and backward; the optimiser steps where accumulation syncs."""
+    with accelerator.accumulate(model), accelerator.autocast():
+        losses = step_losses(model, x, cfg, adaptive_ids, gen)
+        accelerator.backward(losses["loss"])
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return losses
+
+
+def _log(accelerator, log, losses: dict, step: int, total: int, lr: float, clock: _Clock, tokens_seen: int) -> None:
+    elapsed = time.perf_counter() - clock.start
+    record = {k: float(v.detach()) for k, v in losses.items()}
+    record.update(step=step, total_steps=total, lr=lr, elapsed_s=elapsed, tokens=tokens_seen)
+    record["tokens_per_s"] = tokens_seen / elapsed
+    if accelerator.is_main_process:
+        log.write(json.dumps(record) + "\n")
+        log.flush()
+        print(json.dumps(record), flush=True)
 
 
 def _gathered(accelerator: Accelerator, model):
@@ -160,8 +198,16 @@ def _gathered(accelerator: Accelerator, model):
 
 
 @torch.no_grad()
-def heldout_metrics(model, stream: np.ndarray, seq_len: int, adaptive_ids: list[int] | None, n_batches: int = 20,
-                    batch_size: int = 32, n_groups: int = 16, seed: int = 123) -> dict:  # fmt: skip
+def heldout_metrics(
+    model,
+    stream: np.ndarray,
+    seq_len: int,
+    adaptive_ids: list[int] | None,
+    n_batches: int = 20,
+    batch_size: int = 32,
+    n_groups: int = 16,
+    seed: int = 123,
+) -> dict:
     """Standard-token loss (nats/token) on held-out windows; with adaptive ids also the draft accuracy
     per offset (top-1 of A_j equals x_{i+j+1})."""
     device = next(model.parameters()).device
@@ -178,7 +224,8 @@ def heldout_metrics(model, stream: np.ndarray, seq_len: int, adaptive_ids: list[
             std_losses.append(float(_ce(logits[:, :-1], x[:, 1:])))
             if adaptive_ids:
                 b = build_sdsat_batch(x, adaptive_ids, n_groups, generator=gen)
-                lg = model(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=b.allowed[:, None]).logits
+                mask = hf_compat.batch_mask(model, b.allowed)
+                lg = model(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=mask).logits
                 t, k = b.seq_len, len(adaptive_ids)
                 pred = lg[:, t:].argmax(-1).reshape(x.shape[0], n_groups, k)
                 tgt = b.targets[:, t:].reshape(x.shape[0], n_groups, k)
