@@ -28,18 +28,17 @@ def _policies(k: int) -> list[str]:
 @pytest.mark.parametrize("seed,repeated,context_free", [(0, False, False), (1, True, False), (2, False, True)])
 def test_fused_greedy_equals_ar_for_every_k_and_group_policy(seed, repeated, context_free):
     lm = make_lm(seed=seed, repeated=repeated, context_free=context_free, init_range=0.5)
+    cases = [(prompt_ids(lm, prompt), stop) for prompt in PROMPTS for stop in STOPS]
+    ars = [make_decoder("ar", lm).generate(ids, stop, SamplingParams()) for ids, stop in cases]
     accepted = 0
     for k in range(1, 13):
         for groups in _policies(k):
             decoder = make_decoder("sdsat-fused", lm, k=k, groups=groups)
-            for prompt in PROMPTS:
-                for stop in STOPS:
-                    ids = prompt_ids(lm, prompt)
-                    ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
-                    fused = decoder.generate(ids, stop, SamplingParams())
-                    assert fused.tokens == ar.tokens, (k, groups, prompt, stop)
-                    assert fused.text == ar.text and fused.stop_reason == ar.stop_reason
-                    accepted += fused.stats.accepted
+            for (ids, stop), ar in zip(cases, ars, strict=True):
+                fused = decoder.generate(ids, stop, SamplingParams())
+                assert fused.tokens == ar.tokens, (k, groups, ids, stop)
+                assert fused.text == ar.text and fused.stop_reason == ar.stop_reason
+                accepted += fused.stats.accepted
     assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
 
 

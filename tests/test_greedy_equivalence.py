@@ -24,19 +24,22 @@ def _both(lm, prompt, k, stop):
 )
 def test_sdsat_greedy_equals_ar(seed, repeated, context_free):
     lm = make_lm(seed=seed, repeated=repeated, context_free=context_free, init_range=0.5)
+    stops = (
+        StopCondition(max_new_tokens=37),
+        StopCondition(max_new_tokens=60, stop_strings=("\n\n", "):"), eos_token_ids=frozenset({1})),
+        StopCondition(max_new_tokens=1),
+    )
+    cases = [(prompt_ids(lm, prompt), stop) for prompt in PROMPTS for stop in stops]
+    ars = [make_decoder("ar", lm).generate(ids, stop, GREEDY) for ids, stop in cases]  # AR once per case
     accepted = 0
     for k in range(1, 13):
-        for prompt in PROMPTS:
-            for stop in (
-                StopCondition(max_new_tokens=37),
-                StopCondition(max_new_tokens=60, stop_strings=("\n\n", "):"), eos_token_ids=frozenset({1})),
-                StopCondition(max_new_tokens=1),
-            ):
-                ar, sd = _both(lm, prompt, k, stop)
-                assert sd.tokens == ar.tokens, (k, prompt, stop)
-                assert sd.text == ar.text
-                assert sd.stop_reason == ar.stop_reason
-                accepted += sd.stats.accepted
+        decoder = make_decoder("sdsat", lm, k=k)
+        for (ids, stop), ar in zip(cases, ars, strict=True):
+            sd = decoder.generate(ids, stop, GREEDY)
+            assert sd.tokens == ar.tokens, (k, ids, stop)
+            assert sd.text == ar.text
+            assert sd.stop_reason == ar.stop_reason
+            accepted += sd.stats.accepted
     assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
 
 

@@ -115,6 +115,7 @@ def tiny_recipe(tmp_path_factory):
         max_k=4,
         pretrain_minutes=0.02,
         sdsat_minutes=0.02,
+        draft_minutes=0.02,  # the default 1.5 minutes was most of this test's time
         n_groups=4,
         batch_size=4,
         eval_prompts=2,
