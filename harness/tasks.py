@@ -51,13 +51,33 @@ class Problem:
     reference: str | None = None  # canonical solution, middle or masked line, where the data has one
 
 
+TASK_KEYS = {"name", "family", "language", "source", "stop", "scoring", "fim"}
+
+
+def _task_fields(entry, read) -> dict:
+    """A task file's settings over those of the file it ``include``s (a ``_``-named shared shape)."""
+    raw = yaml.safe_load(entry.read_text()) or {}
+    base = raw.pop("include", None)
+    if base is not None:
+        raw = {**_task_fields(read(base), read), **raw}
+    unknown = sorted(set(raw) - TASK_KEYS)
+    if unknown:
+        raise HarnessError(f"task config {entry.name}: unknown key(s) {', '.join(unknown)}")
+    return raw
+
+
 @cache
 def registry() -> dict[str, TaskConfig]:
+    """Every task config in tasks/ (files named ``_*.yaml`` are shared shapes that tasks include)."""
+    root = resources.files("harness.task_configs")
     configs = {}
-    for entry in sorted(resources.files("harness.task_configs").iterdir(), key=lambda p: p.name):
-        if not entry.name.endswith(".yaml"):
+    for entry in sorted(root.iterdir(), key=lambda p: p.name):
+        if not entry.name.endswith(".yaml") or entry.name.startswith("_"):
             continue
-        raw = yaml.safe_load(entry.read_text())
+        raw = _task_fields(entry, root.joinpath)
+        missing = sorted({"name", "family", "language", "source", "scoring"} - set(raw))
+        if missing:
+            raise HarnessError(f"task config {entry.name}: missing {', '.join(missing)}")
         stop = raw.get("stop", [])
         cfg = TaskConfig(
             name=raw["name"],

@@ -275,3 +275,21 @@ def test_unavailable_records_leave_pass_at_k_and_are_counted():
     assert missing["passed"] is None
     row = summarize([passed, missing]).iloc[0]
     assert row["pass@1"] == 1.0 and row["unavailable"] == 1
+
+
+def test_task_configs_include_a_shared_shape_and_refuse_unknown_keys(tmp_path):
+    from harness.tasks import _task_fields
+
+    (tmp_path / "_shape.yaml").write_text("family: multipl-e\nscoring: tests\nstop: from-data\n")
+    (tmp_path / "t.yaml").write_text("include: _shape.yaml\nname: t\nlanguage: js\nscoring: exact-match\n")
+    fields = _task_fields(tmp_path / "t.yaml", tmp_path.joinpath)
+    assert fields == {
+        "family": "multipl-e",
+        "scoring": "exact-match",
+        "stop": "from-data",
+        "name": "t",
+        "language": "js",
+    }
+    (tmp_path / "bad.yaml").write_text("include: _shape.yaml\nname: bad\nlangauge: js\n")
+    with pytest.raises(HarnessError, match=r"bad\.yaml: unknown key"):
+        _task_fields(tmp_path / "bad.yaml", tmp_path.joinpath)
