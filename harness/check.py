@@ -26,7 +26,9 @@ GATED = {
 
 
 @dataclass
-class Verdict:
+class MetricResult:
+    """One gated metric against its baseline (not a program's verdict: that is sandbox.Verdict)."""
+
     metric: str
     baseline: float
     value: float | None
@@ -72,7 +74,7 @@ def _tolerance(metric: str, entry: dict) -> tuple[str, float]:
     return entry.get("kind", kind), float(entry.get("tolerance", default))
 
 
-def judge(baseline: dict, values: dict[str, float]) -> list[Verdict]:
+def gate(baseline: dict, values: dict[str, float]) -> list[MetricResult]:
     """Every metric is 'higher is better': a value may fall below its baseline by its tolerance."""
     verdicts = []
     for metric, entry in sorted(baseline["metrics"].items()):
@@ -81,7 +83,7 @@ def judge(baseline: dict, values: dict[str, float]) -> list[Verdict]:
         floor = base * (1 - tol) if kind == "rel" else base - tol
         value = values.get(metric)
         text = f"-{tol:.0%}" if kind == "rel" else f"-{tol:g}"
-        verdicts.append(Verdict(metric, base, value, text, value is not None and value >= floor - 1e-12))
+        verdicts.append(MetricResult(metric, base, value, text, value is not None and value >= floor - 1e-12))
     return verdicts
 
 

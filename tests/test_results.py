@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from harness.check import absent_tasks, exactness_failures, judge
+from harness.check import absent_tasks, exactness_failures, gate
 from harness.errors import HarnessError
 from harness.planning import DEFAULTS, RunConfig, my_problems, plan, settings
 from harness.report import compare_runs, config_differences
@@ -168,7 +168,7 @@ def test_gate_tolerances_are_floors_below_the_baseline():
         }
     }
     values = {"humaneval/sdsat/k=3:tokens_per_forward": 1.91, "humaneval/sdsat/k=3:pass@1": 0.44}
-    verdicts = {v.metric: v.ok for v in judge(baseline, values)}
+    verdicts = {v.metric: v.ok for v in gate(baseline, values)}
     assert verdicts == {
         "humaneval/sdsat/k=3:tokens_per_forward": True,  # 1.91 >= 2.0 * 0.95
         "humaneval/sdsat/k=3:pass@1": False,  # 0.44 < 0.5 - 0.05

@@ -8,7 +8,6 @@ import gzip
 import itertools
 import json
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import torch
 
 from harness.training import STAGES
 from harness.training.checkpoint import adaptive_spec_for, llama_config, save_checkpoint
+from harness.training.config import RecipeConfig
 from harness.training.corpus import build_corpus, read_corpus
 from harness.training.data import encode_documents
 from harness.training.tokenizer import train_bpe_tokenizer
@@ -25,46 +25,6 @@ from harness.training.train import TrainConfig, heldout_metrics, train
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
 VARIANTS = {"sdsat": {"mode": "sdsat"}, "sdsat-distill": {"mode": "sdsat", "distill": True}, "naive": {"mode": "naive"}}
-
-
-@dataclass
-class RecipeConfig:
-    work: str
-    roots: tuple[str, ...]
-    mb_per_lang: dict
-    data_dir: str | None = None
-    humaneval_path: str | None = None
-    vocab_size: int = 8192
-    tokenizer_sample_mb: int = 40
-    hidden: int = 384
-    layers: int = 6
-    heads: int = 6
-    intermediate: int = 1024
-    seq_len: int = 512
-    max_k: int = 15
-    repeated_adaptive: bool = False
-    pretrain_minutes: float = 4.5
-    sdsat_minutes: float = 2.0
-    # A separate small draft model for classic speculative decoding (the ``hf-assisted`` peer):
-    # same tokenizer and data, at most 8 MiB in bf16.
-    draft_hidden: int = 192
-    draft_layers: int = 3
-    draft_heads: int = 3
-    draft_intermediate: int = 512
-    draft_minutes: float = 1.5
-    pretrain_lr: float = 2e-3
-    sdsat_lr: float = 5e-4
-    adaptive_weight: float = 1.0
-    n_groups: int = 16
-    batch_size: int = 64
-    grad_accum: int = 1
-    eval_prompts: int = 40
-    eval_max_new_tokens: int = 128
-    compare_minutes: float = 1.2
-    distill: bool = True  # measured: +0.014 greedy accept rate at k=5 over label targets (H200, equal time)
-    max_steps: int | None = None  # train exactly this many optimiser steps instead of for minutes
-    bf16: bool = True  # bf16 autocast on a GPU
-    seed: int = 0
 
 
 def _humaneval_prompts(path: str | None, limit: int) -> list[str]:
