@@ -40,18 +40,11 @@ def record_key(record: dict) -> tuple:
     return tuple(record[name] for name in UNIT_FIELDS)
 
 
-@dataclass
-class Record:
-    """One line of results.jsonl. Fields a record written by an older version lacks read as None."""
+@dataclass(frozen=True)
+class Record(WorkUnit):
+    """One line of results.jsonl: its work unit's fields, then what came of it. Fields a record written
+    by an older version lacks read as None."""
 
-    # the work unit
-    task: str
-    problem_id: str
-    decoder: str
-    k: int
-    temperature: float
-    accept: str
-    sample_idx: int
     # the generation
     top_p: float | None = None
     completion: str | None = None
