@@ -229,3 +229,27 @@ def test_an_unknown_hub_model_offline_is_one_line_at_once(capsys, monkeypatch):
     code, _, err = _run(capsys, "decode", "--model", "some-name", "--prompt", "abc")
     assert code == 2 and "no local model 'some-name'" in err and "offline" in err
     assert time.monotonic() - start < 30
+
+
+def test_decode_applies_runs_whitespace_rule(capsys):
+    """On the default model a prompt ending in a newline stopped after 2 tokens at EOS (a token
+    boundary seen mostly at the ends of files) while the same prompt without it went on: decode drops
+    trailing whitespace as run does, so both give the same real continuation."""
+    outs = []
+    for prompt in ("def gcd(a, b):\n    while b:\n", "def gcd(a, b):\n    while b:"):
+        code, out, _ = _run(
+            capsys,
+            "decode",
+            "--model",
+            "default",
+            "--decoder",
+            "ar",
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "16",
+            "--json",
+        )
+        assert code == 0
+        outs.append(json.loads(out))
+    assert outs[0]["completion"] == outs[1]["completion"] and outs[0]["new_tokens"] == 16
