@@ -84,7 +84,10 @@ def test_wheel_ships_the_task_configs(tmp_path):
     wheel = next(tmp_path.glob("sdsat_bench-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     configs = [n for n in names if n.startswith("harness/task_configs/") and n.endswith(".yaml")]
-    assert sum("/suites/" not in n for n in configs) == len(EXPECTED_SIZES)
+    tasks = [n.rsplit("/", 1)[1] for n in configs if "/suites/" not in n]
+    assert sum(not n.startswith("_") for n in tasks) == len(EXPECTED_SIZES)
+    shapes = {p.name for p in (REPO / "tasks").glob("_*.yaml")}
+    assert shapes and shapes <= set(tasks)  # the shared shapes the task configs include
     assert {n.rsplit("/", 1)[1] for n in configs if "/suites/" in n} == {
         "smoke.yaml",
         "paper-greedy.yaml",
