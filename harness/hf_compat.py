@@ -214,9 +214,14 @@ class DecodeEngine:
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Turn a (q, kv) bool 'may attend' matrix into the (1, 1, q, kv) additive float mask transformers wants."""
+    return _additive(allowed, dtype)[None, None]
+
+
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where ``allowed``, the dtype's minimum elsewhere (same shape)."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
+    return mask
 
 
 def batch_mask(model, allowed: torch.Tensor) -> torch.Tensor:
@@ -226,9 +231,7 @@ def batch_mask(model, allowed: torch.Tensor) -> torch.Tensor:
     float mask in the model's dtype."""
     if model.config._attn_implementation != "eager":
         return allowed[:, None]
-    mask = torch.zeros(allowed.shape, dtype=model.dtype, device=allowed.device)
-    mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)
-    return mask[:, None]
+    return _additive(allowed, model.dtype)[:, None]
 
 
 def synchronize(device: torch.device) -> None:

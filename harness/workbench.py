@@ -6,7 +6,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness.decoding import Decoder, Generation, SamplingParams, Stats, StopCondition, decoder_spec, make_decoder
+from harness.decoding import (
+    Decoder,
+    Generation,
+    SamplingParams,
+    Stats,
+    StopCondition,
+    decoder_spec,
+    make_decoder,
+    missing_draft_model,
+)
 from harness.errors import HarnessError
 from harness.models import LoadedModel, load_model
 from harness.planning import REFERENCE, RunConfig
@@ -29,8 +38,9 @@ def load_models(cfg: RunConfig, device: str) -> tuple[LoadedModel, LoadedModel |
     if cfg.draft_model:
         draft = load_model(cfg.draft_model, device, cfg.dtype, attn_implementation=cfg.attn_implementation)
     specs = [decoder_spec(d) for d in cfg.decoders if d != REFERENCE]
-    if any(s.needs_draft_model for s in specs) and draft is None:
-        make_decoder("hf-assisted", lm)  # its one-line error
+    for spec in specs:
+        if spec.needs_draft_model and draft is None:
+            raise missing_draft_model(spec.name)  # before anything is generated
     if any(s.takes_k for s in specs):
         for k in cfg.ks:
             if k > 0:

@@ -93,11 +93,15 @@ def _hf_pld(lm: LoadedModel, o: Options) -> Decoder:
     return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=o.k or PLD_DEFAULT_TOKENS)
 
 
+def missing_draft_model(name: str) -> HarnessError:
+    return HarnessError(f"decoder '{name}' needs a draft model: pass --draft-model (e.g. default-draft)")
+
+
 def _hf_assisted(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.peers import HfGenerateDecoder
 
     if o.draft is None:
-        raise HarnessError("decoder 'hf-assisted' needs a draft model: pass --draft-model (e.g. default-draft)")
+        raise missing_draft_model("hf-assisted")
     return HfGenerateDecoder(lm, "hf-assisted", assistant=o.draft)
 
 
@@ -140,4 +144,5 @@ __all__ = [
     "StopCondition",
     "decoder_spec",
     "make_decoder",
+    "missing_draft_model",
 ]

@@ -187,12 +187,12 @@ def clear_stale() -> None:
     cgroup.kill_stale_groups()
     if not _is_root():
         return
-    owners = {uid for uid in _shared_temp_owners() if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS}
     directory = _slots_dir()
-    for uid in owners:
-        with _locked_slot(directory, uid - SLOT_UID_BASE) as ours:
-            if ours:
-                _clear_leftovers(uid)
+    for uid, entries in _shared_temp_entries_by_owner().items():
+        if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS:
+            with _locked_slot(directory, uid - SLOT_UID_BASE) as ours:
+                if ours:
+                    _remove(entries)
 
 
 # ---- the commands ----------------------------------------------------------------------------------
@@ -477,8 +477,9 @@ def _launch(
         return _bwrap(script, fds, env, limits, json_w), uid, "/", {"PATH": SANDBOX_PATH}, None
     if isolation == "unshare":
         return _unshare(script, fds, env, limits, uid), None, "/", {"PATH": SANDBOX_PATH}, None
-    if uid is not None:
-        _clear_leftovers(uid)  # a harness killed mid-run left them: this slot is ours now
+    if uid is not None:  # a harness killed mid-run may have left a program of this uid, and its files
+        cgroup.kill_stale_groups()
+        _clear_leftovers(uid)
     workdir = _private_dir(files, uid)
     own = {k: v.replace("/tmp/", f"{workdir}/.") for k, v in env.items()}
     env = {"PATH": SANDBOX_PATH, "HOME": workdir, "LANG": "C.UTF-8", "TMPDIR": workdir, **own}
@@ -589,24 +590,25 @@ def _shared_temp_entries() -> Iterator[os.DirEntry]:
             yield from os.scandir(top)
 
 
-def _shared_temp_owners() -> set[int]:
-    owners = set()
+def _shared_temp_entries_by_owner() -> dict[int, list[os.DirEntry]]:
+    owned: dict[int, list[os.DirEntry]] = {}
     for entry in _shared_temp_entries():
         with contextlib.suppress(OSError):
-            owners.add(entry.stat(follow_symlinks=False).st_uid)
-    return owners
+            owned.setdefault(entry.stat(follow_symlinks=False).st_uid, []).append(entry)
+    return owned
 
 
 def _clear_leftovers(uid: int) -> None:
-    """rlimits only: whatever a killed harness's program of ``uid`` still runs dies, and what it made in
-    the shared directories goes, so that the next program given this slot finds nothing of an earlier
-    one. The caller holds the slot (no live program has ``uid``); ``rmtree`` works on descriptors and
-    never follows links."""
-    cgroup.kill_stale_groups()
-    for entry in _shared_temp_entries():
+    """rlimits only: what programs of ``uid`` made in the shared directories goes, so that the next
+    program given this slot finds nothing of an earlier one. The caller holds the slot and has killed
+    what could still run as ``uid``."""
+    _remove(_shared_temp_entries_by_owner().get(uid, []))
+
+
+def _remove(entries: list[os.DirEntry]) -> None:
+    """``rmtree`` works on descriptors and never follows links."""
+    for entry in entries:
         with contextlib.suppress(OSError):
-            if entry.stat(follow_symlinks=False).st_uid != uid:
-                continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
