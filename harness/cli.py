@@ -176,7 +176,12 @@ def _report_parsers(sub) -> None:
 
     p = sub.add_parser("probe", help="decode cost at a model shape on this card (synthetic weights, no download)")
     p.add_argument("--shape", required=True, help="codellama-7b | codellama-13b | a Llama config.json")
-    p.add_argument("--variant", default="all-accept", choices=("all-accept", "random"))
+    p.add_argument(
+        "--variant",
+        default="all-accept",
+        choices=("all-accept", "random", "both"),
+        help="all-accept (default: every draft accepted, each decoder's ceiling) | random | both (OUT/<variant>)",
+    )
     p.add_argument("--engines", default="eager,compile", help="comma-separated engines to measure")
     p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
     p.add_argument("--device", default="cuda")
@@ -419,7 +424,8 @@ def _cmd_probe(args) -> int:
         blocks=_ints(args.blocks, "--blocks"),
         repeats=args.repeats,
     )
-    print(f"probe: {run_probe(cfg, args.out)}")
+    for path in run_probe(cfg, args.out):
+        print(f"probe: {path}")
     return 0
 
 
@@ -545,7 +551,7 @@ def _cmd_decode(args) -> int:
         raise HarnessError("empty prompt: --prompt needs some text")
     check_sampling([args.temperature], args.top_p, args.top_k, args.max_new_tokens)
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
-    from harness.decoding import DECODERS_WITH_K, SamplingParams, make_decoder
+    from harness.decoding import DECODERS_WITH_K, SamplingParams, configuration, make_decoder
     from harness.models import load_model
     from harness.prompting import encode, free_prompt, stop_condition
 
@@ -568,7 +574,8 @@ def _cmd_decode(args) -> int:
     gen = decoder.generate(prompt_ids, stop, sampling)
     # k where the decoder takes one: draft length, or prompt lookup's n-gram draft length; else null
     k = args.k if args.decoder in DECODERS_WITH_K else getattr(decoder, "prompt_lookup_num_tokens", None)
-    record = {"decoder": decoder.name, "k": k, "stop_reason": gen.stop_reason, **gen.stats.to_dict()}
+    record = {"decoder": decoder.name, "k": k, "configuration": configuration(decoder, lm)}
+    record |= {"stop_reason": gen.stop_reason, **gen.stats.to_dict()}
     if args.json:
         print(json.dumps({"completion": gen.text, **record}))
     else:

@@ -48,12 +48,13 @@ NOMINAL_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # bytes/s
 BLOCKS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTEXT = 300  # cached positions before each timed pass (a HumanEval prompt and some of its answer)
 NEW_TOKENS = 128
+NOTE = "synthetic weights: these numbers measure cost, never acceptance"
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
     shape: str
-    variant: str = "all-accept"  # random | all-accept
+    variant: str = "all-accept"  # random | all-accept | both
     engines: tuple[str, ...] = ("eager", "compile")
     dtype: str = "bf16"
     device: str = "cuda"
@@ -84,8 +85,23 @@ def shape_config(shape: str, base_config) -> dict:
         keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
         if any(k not in raw for k in keys):
             raise HarnessError(f"{path}: a Llama config needs {', '.join(keys)}")
-        arch = {k: raw[k] for k in (*keys, "num_key_value_heads") if k in raw}
+        arch = {k: raw[k] for k in (*keys, "num_key_value_heads", "head_dim", "tie_word_embeddings") if k in raw}
+    # What the default model's config would otherwise lend and the shape decides: a head width of
+    # hidden / heads (the default model's head_dim would halve a 7B's attention) and an lm_head of
+    # its own (CodeLlama ties no embeddings).
+    arch = {"head_dim": arch["hidden_size"] // arch["num_attention_heads"], "tie_word_embeddings": False, **arch}
     return {**base_config.to_dict(), **arch, "max_position_embeddings": 4096}
+
+
+VARIANTS = ("random", "all-accept")
+
+
+def variants(variant: str) -> tuple[str, ...]:
+    if variant == "both":
+        return VARIANTS
+    if variant not in VARIANTS:
+        raise HarnessError(f"--variant: expected random, all-accept or both, got '{variant}'")
+    return (variant,)
 
 
 def synthetic_model(cfg: ProbeConfig):
@@ -100,13 +116,8 @@ def synthetic_model(cfg: ProbeConfig):
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype]).eval()
-    if cfg.variant == "all-accept":
-        with torch.no_grad():
-            model.model.norm.weight.zero_()  # every logit 0: greedy token and every draft are token 0
-    elif cfg.variant != "random":
-        raise HarnessError(f"--variant: expected random or all-accept, got '{cfg.variant}'")
     return LoadedModel(
-        f"{cfg.shape}-{cfg.variant}",
+        cfg.shape,
         model,
         base.tokenizer,
         base.adaptive,
@@ -115,6 +126,20 @@ def synthetic_model(cfg: ProbeConfig):
         DTYPES[cfg.dtype],
         hf_compat.DecodeEngine(model, "eager"),
     )
+
+
+class _Variant:
+    """Switches one synthetic model between its variants in place (compiled graphs stay valid):
+    ``all-accept`` zeroes the final norm, so every logit is 0 and the greedy token and every draft
+    are token 0; ``random`` puts the norm's initial weights back."""
+
+    def __init__(self, lm):
+        self.norm = lm.model.model.norm.weight
+        self.initial = self.norm.detach().clone()
+
+    @torch.no_grad()
+    def set(self, variant: str) -> None:
+        self.norm.copy_(torch.zeros_like(self.initial) if variant == "all-accept" else self.initial)
 
 
 def _timed(device: torch.device, fn, repeats: int) -> float:
@@ -207,33 +232,43 @@ def roofline(lm) -> dict:
     return out
 
 
-def run_probe(cfg: ProbeConfig, out_dir: str) -> Path:
-    """Build the shape, measure it under each engine, write probe.json and the cost figure."""
+def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
+    """Build the shape, measure it under each engine (the cost curve once, the decoders per variant),
+    and write each variant's probe.json and cost figure: in ``out_dir``, or in ``out_dir/<variant>``
+    when both are measured. Both variants run on one model: one build, one compilation."""
+    names = variants(cfg.variant)
     lm = synthetic_model(cfg)
+    switch = _Variant(lm)
     card = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else "cpu"
-    result = {
+    common = {
         "shape": cfg.shape,
-        "variant": cfg.variant,
         "dtype": cfg.dtype,
         "card": card,
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "context": CONTEXT,
         "new_tokens": NEW_TOKENS,
         "roofline": roofline(lm),
-        "engines": {},
-        "note": "synthetic weights: these numbers measure cost, never acceptance",
     }
+    results = {v: {**common, "variant": v, "engines": {}, "note": NOTE} for v in names}
     for engine in cfg.engines:
         lm.engine = hf_compat.DecodeEngine(lm.model, engine)
         curve = cost_curve(lm, cfg.blocks, cfg.repeats)
-        speeds = decoder_speeds(lm, cfg.decoders, cfg.repeats)
-        result["engines"][engine] = {"cost_ms": curve, "decoders": speeds, "ar_tokens_per_s": speeds[0]["tokens_per_s"]}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "probe.json"
-    path.write_text(json.dumps(result, indent=1))
-    plot_cost(result, out / "cost_vs_block.png")
-    return path
+        for v in names:
+            switch.set(v)
+            speeds = decoder_speeds(lm, cfg.decoders, cfg.repeats)
+            results[v]["engines"][engine] = {
+                "cost_ms": curve,
+                "decoders": speeds,
+                "ar_tokens_per_s": speeds[0]["tokens_per_s"],
+            }
+    paths = []
+    for v, result in results.items():
+        out = Path(out_dir) / v if len(names) > 1 else Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe.json").write_text(json.dumps(result, indent=1))
+        plot_cost(result, out / "cost_vs_block.png")
+        paths.append(out / "probe.json")
+    return paths
 
 
 def plot_cost(result: dict, path: Path) -> None:
@@ -261,24 +296,37 @@ def plot_cost(result: dict, path: Path) -> None:
 
 def project(records: list[dict], probe: dict, engine: str) -> list[dict]:
     """The speedup a run's acceptance would give at the probe's shape and card: per greedy record,
-    tokens per forward pass x cost(1 token) / cost(its main block), paired per problem, geometric mean.
-    (Each speculative pass is charged its decoder's largest block; host overheads are not projected.)"""
+    its tokens per forward pass x (time of an AR pass / time of one of its decoder's passes), paired
+    per problem, geometric mean.
+
+    A pass's time is what the probe measured per pass of that decoder and k in whole generations
+    (kernels and the host's per-pass work: on a small model the host's share is not negligible);
+    where the probe has no such decoder, the cost curve at its largest block, kernels only."""
     import math
 
-    curve = {int(q): ms for q, ms in probe["engines"][engine]["cost_ms"].items()}
+    measured = probe["engines"][engine]
+    curve = {int(q): ms for q, ms in measured["cost_ms"].items()}
 
     def cost(q: int) -> float:
         fits = [b for b in curve if b >= q]
         return curve[min(fits)] if fits else curve[max(curve)] * q / max(curve)
 
-    # a record written before records carried their block sizes: the probe's decoder of that k has them
-    known = {(d["decoder"], d["k"]): d["block_sizes"] for d in probe["engines"][engine].get("decoders", [])}
+    rows = {(d["decoder"], d["k"]): d for d in measured.get("decoders", [])}
+    ar_pass = 1e3 / measured["ar_tokens_per_s"] if measured.get("ar_tokens_per_s") else None
+
+    def pass_ratio(decoder: str, k: int, blocks) -> float:
+        row = rows.get((decoder, k))
+        if row and ar_pass:
+            return ar_pass / (1e3 * row["tokens_per_forward"] / row["tokens_per_s"])
+        return cost(1) / cost(max(blocks))
+
     groups: dict[tuple, list[float]] = {}
     for r in records:
-        blocks = r.get("block_sizes") or known.get((r["decoder"], r["k"]))
+        # a record written before records carried their block sizes: the probe's decoder of that k has them
+        blocks = r.get("block_sizes") or rows.get((r["decoder"], r["k"]), {}).get("block_sizes")
         if r["temperature"] != 0 or r["decoder"] == "ar" or not blocks or not r.get("forward_passes"):
             continue
-        ratio = (r["new_tokens"] / r["forward_passes"]) * cost(1) / cost(max(blocks))
+        ratio = (r["new_tokens"] / r["forward_passes"]) * pass_ratio(r["decoder"], r["k"], blocks)
         groups.setdefault((r["task"], r["decoder"], r["k"]), []).append(ratio)
     return [
         {

@@ -34,8 +34,15 @@ def probe(tmp_path_factory):
         decoders=(("sdsat", 2), ("sdsat-fused", 2)),
         blocks=(1, 2, 4),
         repeats=2,
+        variant="both",
     )
-    return json.loads(run_probe(cfg, str(root / "out")).read_text()), root / "out"
+    paths = run_probe(cfg, str(root / "out"))
+    assert [p.parent.name for p in paths] == ["random", "all-accept"]
+    random, all_accept = (json.loads(p.read_text()) for p in paths)
+    # one model, one cost curve; only the decoders' acceptance differs
+    assert random["engines"]["eager"]["cost_ms"] == all_accept["engines"]["eager"]["cost_ms"]
+    assert random["variant"] == "random" and all_accept["variant"] == "all-accept"
+    return all_accept, root / "out" / "all-accept"
 
 
 def test_probe_writes_cost_curve_and_all_accept_ceilings(probe):
@@ -86,6 +93,46 @@ def test_projection_is_tokens_per_forward_times_the_cost_ratio():
     (row,) = project(records, probe, "compile")
     expected = math.exp((math.log(2 * 2 / 5) + 2 * math.log(2 * 2 / 2.5)) / 3)
     assert row["projected_speedup"] == pytest.approx(expected)
+
+
+def test_projection_charges_the_probes_measured_pass_of_that_decoder():
+    """Where the probe timed the decoder at that k in whole generations, a pass costs what it measured
+    there (host work included), not the kernels' cost curve."""
+    probe = {
+        "engines": {
+            "compile": {
+                "cost_ms": {"1": 2.0, "4": 2.5},
+                "ar_tokens_per_s": 400.0,  # 2.5 ms per AR pass
+                "decoders": [
+                    {"decoder": "sdsat", "k": 3, "block_sizes": [4], "tokens_per_forward": 2.5, "tokens_per_s": 800.0}
+                ],
+            }
+        }
+    }
+    record = {"task": "t", "problem_id": "0", "decoder": "sdsat", "k": 3, "temperature": 0.0}
+    record |= {"new_tokens": 60, "forward_passes": 30, "block_sizes": [4]}
+    (row,) = project([record], probe, "compile")
+    # 2 tokens per pass x (2.5 ms per AR pass / 3.125 ms per sdsat pass)
+    assert row["projected_speedup"] == pytest.approx(2.0 * 2.5 / 3.125)
+
+
+def test_named_shapes_have_their_own_head_width_and_lm_head(tiny_checkpoint):
+    """CodeLlama's head width is hidden / heads and its lm_head is not the embedding: a shape must not
+    inherit the base model's head_dim or tying (that would halve a 7B's attention projections)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
+
+    from harness.probe import shape_config
+
+    base = AutoConfig.from_pretrained(tiny_checkpoint)
+    base.head_dim, base.tie_word_embeddings = 8, True
+    for shape, hidden, layers, ffn in (("codellama-7b", 4096, 32, 11008), ("codellama-13b", 5120, 40, 13824)):
+        cfg = LlamaConfig(**shape_config(shape, base))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg)
+        matrices = layers * (4 * hidden * hidden + 3 * hidden * ffn) + 2 * cfg.vocab_size * hidden
+        norms = (2 * layers + 1) * hidden
+        assert sum(p.numel() for p in model.parameters()) == matrices + norms
 
 
 def test_report_projects_a_run_onto_a_probe(probe, tmp_path, tiny_checkpoint, capsys):
