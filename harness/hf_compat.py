@@ -15,6 +15,7 @@ Tested against transformers 5.17 (the GPU image) and 5.23 (the CPU machine). Con
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -47,7 +48,7 @@ class KVCache:
             raise ValueError(f"cannot crop a cache of {self.length} positions to {length}")
         if not self.static and length < self.length:
             self.hf.crop(length - self.length)
-        self._set_length(length)
+        self.set_length(length)
 
     def keep(self, prefix: int, tail_offsets: torch.Tensor) -> None:
         """Keep positions ``[0, prefix)`` plus ``prefix + tail_offsets`` (in that order), drop the rest.
@@ -68,9 +69,9 @@ class KVCache:
             else:
                 layer.keys = torch.cat([layer.keys[..., :prefix, :], layer.keys.index_select(-2, index)], dim=-2)
                 layer.values = torch.cat([layer.values[..., :prefix, :], layer.values.index_select(-2, index)], dim=-2)
-        self._set_length(prefix + n)
+        self.set_length(prefix + n)
 
-    def _set_length(self, length: int) -> None:
+    def set_length(self, length: int) -> None:
         if self.static:  # move every layer's write pointer (an in-place fill: no device sync)
             for layer in self.hf.layers:
                 if layer.is_initialized:
@@ -84,10 +85,11 @@ class DecodeEngine:
     - ``eager``: a fresh ``DynamicCache`` per generation, the model called directly (CPU default).
     - ``static``: one pre-allocated ``StaticCache`` reused by every generation; masks span its whole
       capacity, so every decode pass of one block size has the same shapes.
-    - ``compile``: ``static`` plus a ``torch.compile``d decode step (mode ``reduce-overhead``, i.e.
-      CUDA graphs, on a GPU), as pytorch-labs/gpt-fast does. One graph per block size; prefill
-      stays eager because prompt lengths vary. :meth:`warm_up` compiles the block sizes a decoder
-      will use, so that compilation never lands inside a timed generation.
+    - ``compile``: ``static`` plus a ``torch.compile``d decode step, as pytorch-labs/gpt-fast does;
+      on a GPU each block size's step is captured once as a CUDA graph and replayed
+      (:class:`harness.graphs.GraphedStep`). Prefill stays eager because prompt lengths vary.
+      :meth:`warm_up` compiles and captures the block sizes a decoder will use, so that neither
+      lands inside a timed generation.
     """
 
     def __init__(self, model: PreTrainedModel, mode: str = "eager", backend: str = "inductor"):
@@ -99,22 +101,30 @@ class DecodeEngine:
         self._step = None
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block layouts, copied once
         self._causal_layouts: dict[int, torch.Tensor] = {}
+        self._graphs = None
         if mode == "compile":
             # A sweep over k compiles a graph per block size; the default limit (8) would silently
             # fall back to eager mode after the eighth.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-            on_gpu = next(model.parameters()).device.type == "cuda"
-            self._step = torch.compile(
-                model.forward,
-                backend=backend,
-                mode="reduce-overhead" if on_gpu and backend == "inductor" else None,
-                fullgraph=True,
-                dynamic=False,
-            )
+            self._step = torch.compile(model.forward, backend=backend, fullgraph=True, dynamic=False)
+            if self.device.type == "cuda":
+                from harness.graphs import GraphedStep
+
+                self._graphs = GraphedStep(self._step)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def description(self) -> str:
+        """The configuration our decoders run on, as a record states it."""
+        if self.mode == "eager":
+            return "sdsat-bench engine eager: dynamic cache"
+        if self.mode == "static":
+            return "sdsat-bench engine static: static cache, eager"
+        graphs = ", a CUDA graph per block size" if self._graphs is not None else ""
+        return f"sdsat-bench engine compile: static cache, torch.compile'd decode step{graphs}"
 
     def new_cache(self, needed: int) -> KVCache:
         """An empty cache with room for ``needed`` positions (the static one is reused)."""
@@ -125,6 +135,11 @@ class DecodeEngine:
             self._static = KVCache(StaticCache(config=self.model.config, max_cache_len=capacity), capacity)
         self._static.crop(0)
         return self._static
+
+    @property
+    def capacity(self) -> int:
+        """Positions of the static cache reserved so far (0: none)."""
+        return self._static.capacity if self._static is not None else 0
 
     def reserve(self, needed: int) -> None:
         """Allocate the static cache once for a whole run (a later growth would recompile)."""
@@ -175,20 +190,21 @@ class DecodeEngine:
             allowed = self._causal(q)
         mask = self.mask(cache, allowed)
         compiled = self._step is not None and not prefill
-        if compiled and self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        out = (self._step if compiled else self.model)(
-            input_ids=input_ids,
-            position_ids=position_ids,
-            past_key_values=cache.hf,
-            attention_mask=mask,
-            use_cache=True,
-            logits_to_keep=logits_to_keep,
-        )
+        if compiled and self._graphs is not None and logits_to_keep == 0:
+            # A CUDA graph's output buffer is overwritten by its next replay: callers keep logits
+            # (drafts) across passes, so they get their own copy.
+            logits = self._graphs(cache, input_ids, position_ids, mask)[0].clone()
+        else:
+            logits = (self._step if compiled else self.model)(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                past_key_values=cache.hf,
+                attention_mask=mask,
+                use_cache=True,
+                logits_to_keep=logits_to_keep,
+            ).logits[0]
         cache.length += q
-        # A CUDA graph's output buffer is overwritten by its next replay: callers keep logits
-        # (drafts) across passes, so they get their own copy.
-        return out.logits[0].clone() if compiled else out.logits[0]
+        return logits
 
     def _causal(self, q: int) -> torch.Tensor:
         layout = self._causal_layouts.get(q)
@@ -204,7 +220,7 @@ class DecodeEngine:
             return
         device = self.device
         for q in sorted(set(block_sizes)):
-            for _ in range(3):  # cudagraph trees run once eagerly, then record, then replay
+            for _ in range(2):  # compile (and capture), then one pass as timed work will run it
                 cache = self.new_cache(prompt_length + q)
                 ids = torch.zeros(1, prompt_length, dtype=torch.long, device=device)
                 self.forward(cache, ids, torch.arange(prompt_length, device=device)[None], prefill=True)
@@ -232,6 +248,16 @@ def batch_mask(model, allowed: torch.Tensor) -> torch.Tensor:
     if model.config._attn_implementation != "eager":
         return allowed[:, None]
     return _additive(allowed, model.dtype)[:, None]
+
+
+def keep_busy(device: torch.device, seconds: float) -> None:
+    """Run matrix products on ``device`` for ``seconds`` (a GPU's clocks rise under load)."""
+    x = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(8):
+            x = torch.tanh(x @ x)
+        synchronize(device)
 
 
 def synchronize(device: torch.device) -> None:

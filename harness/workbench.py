@@ -4,8 +4,10 @@ cache reservation for the whole run, and each decoder's warm-up before its first
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass, field
 
+from harness import hf_compat
 from harness.decoding import (
     Decoder,
     Generation,
@@ -25,10 +27,18 @@ from harness.results import WorkUnit
 
 def warm_up(lm: LoadedModel, decoder: Decoder, sampling: SamplingParams) -> None:
     """Compile the decoder's block sizes (engine ``compile``) and, on a GPU, run one short untimed
-    generation, so that kernel selection and the allocator warm up outside the timed records."""
+    generation, so that kernel selection and the allocator warm up outside the timed records.
+
+    Then two things that otherwise tax whichever decoder is timed after a compilation: the objects
+    compilation left (graphs, guards, code: millions) are moved out of the garbage collector's sight,
+    which would otherwise walk them on every full collection inside a timed generation; and the GPU,
+    whose clocks fall while the host compiles, is kept busy until they are back up."""
     lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     if lm.device.type == "cuda":
         decoder.generate(encode(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
+        gc.collect()
+        gc.freeze()
+        hf_compat.keep_busy(lm.device, seconds=1.0)
 
 
 def load_models(cfg: RunConfig, device: str) -> tuple[LoadedModel, LoadedModel | None]:
