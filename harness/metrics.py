@@ -35,15 +35,20 @@ def summarize(records: list[dict]):
                 "problems": g.problem_id.nunique(),
                 # Records whose toolchain was missing: left out of pass@k (passed is None), counted here.
                 "unavailable": int((g.status == "unavailable").sum()) if "status" in g else 0,
+                # what the decoder ran on (cache, compilation): a comparison is fair only at each one's best
+                "configuration": "; ".join(sorted(set(g.configuration.dropna()))) if "configuration" in g else "",
                 **_pass_at_ks(g),
                 **_acceptance(g),
                 **paired_speedup(_speed_ratios(g, ar)),
                 **_exactness(g),
+                "repeated_line_share": _repeated_line_share(g),
             }
         )
     table = pd.DataFrame(rows)
     if "unavailable" in table and not table["unavailable"].any():
         table = table.drop(columns="unavailable")  # the column shows only when it has something to say
+    if "configuration" in table and not table["configuration"].any():
+        table = table.drop(columns="configuration")  # records written before they said it
     return table
 
 
@@ -66,6 +71,22 @@ def _acceptance(g) -> dict:
         "tokens_per_forward": g.new_tokens.sum() / g.forward_passes.sum() if g.forward_passes.sum() else None,
         "tokens_per_s": g.new_tokens.sum() / g.decode_s.sum() if g.decode_s.sum() > 0 else None,
     }
+
+
+REPEAT_MIN_CHARS = 12  # shorter lines ("return x", "}", "else:") repeat in correct code
+
+
+def has_repeated_line(text: str) -> bool:
+    """A degenerate completion's mark: one line (stripped, at least REPEAT_MIN_CHARS long) twice."""
+    lines = [line.strip() for line in text.splitlines()]
+    lines = [line for line in lines if len(line) >= REPEAT_MIN_CHARS]
+    return len(set(lines)) < len(lines)
+
+
+def _repeated_line_share(g) -> float | None:
+    """Share of the completions with a repeated line (the model's repetition, as its card reports)."""
+    texts = g.completion.dropna() if "completion" in g else []
+    return float(sum(map(has_repeated_line, texts)) / len(texts)) if len(texts) else None
 
 
 def _speed_ratios(g, ar) -> list[float]:

@@ -52,6 +52,7 @@ class Record(WorkUnit):
     device: str | None = None
     token_ids: list[int] | None = None
     block_sizes: list[int] | None = None  # its decode passes' query lengths (the probe projection)
+    configuration: str | None = None  # what the decoder ran on: cache, compilation (fair comparisons)
     # the verdict: passed is None when unscored (not executed, or its toolchain unavailable)
     passed: bool | None = None
     status: str | None = None

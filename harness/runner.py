@@ -107,7 +107,7 @@ def _facts(cfg: RunConfig, bench, units: int, processes: int, devices: list) -> 
 
 def _run_unit(cfg: RunConfig, bench, unit: WorkUnit, problem, greedy) -> Record:
     """One generation (or the reference control), its verdict and exactness, as one record."""
-    from harness.decoding import SamplingParams
+    from harness.decoding import SamplingParams, configuration
     from harness.scoring import judge, verdict_fields
     from harness.tasks import get_task
 
@@ -128,6 +128,7 @@ def _run_unit(cfg: RunConfig, bench, unit: WorkUnit, problem, greedy) -> Record:
         device=str(bench.lm.device),
         token_ids=list(gen.tokens),
         block_sizes=None if decoder is None else list(decoder.block_sizes(unit.temperature <= 0)) or None,
+        configuration=None if decoder is None else configuration(decoder, bench.lm),
         **verdict_fields(verdict),
         **gen.stats.to_dict(),
         **greedy.fields(unit, gen, ids, stop.eos_token_ids, control=decoder is None),

@@ -138,6 +138,13 @@ def test_decode_reports_k_only_where_a_decoder_takes_one_and_no_false_zeros(caps
         )
         record = json.loads(out)
         assert code == 0 and record["k"] == k
+        assert (
+            record["configuration"]
+            == {
+                "ar": "sdsat-bench engine eager: dynamic cache",
+                "hf-pld": "transformers generate: dynamic cache, eager",
+            }[decoder]
+        )
         if decoder == "hf-pld":  # transformers' loop: drafted and accepted are unknown, not 0
             assert record["drafted"] is None and record["accepted"] is None and record["loops"] is None
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from harness import hf_compat
 from harness.decoding import SamplingParams, StopCondition, make_decoder
 from harness.errors import HarnessError
 from tests.tiny import make_lm, prompt_ids
@@ -63,6 +65,22 @@ def test_hf_greedy_matches_ar():
         assert hf.text == ar.text == pld.text == assisted.text
 
 
+def test_hf_on_a_compiling_engine_uses_one_static_cache_and_matches_ar():
+    """Where our engine compiles, ``hf`` decodes with a static cache (reused across prompts, so that
+    transformers' compiled step keeps its shapes); the assisted peers cannot and say so."""
+    lm = make_lm(seed=5)
+    ar = make_decoder("ar", lm)
+    lm.engine = hf_compat.DecodeEngine(lm.model, "compile", backend="eager")
+    hf, pld = make_decoder("hf", lm), make_decoder("hf-pld", lm)
+    assert hf.static_cache and "static cache" in hf.configuration
+    assert not pld.static_cache and "assisted generation takes no static cache" in pld.configuration
+    for prompt in ("def f(a):\n", "x = 1"):
+        ids = prompt_ids(lm, prompt)
+        stop = StopCondition(max_new_tokens=25)
+        assert hf.generate(ids, stop, GREEDY).tokens == ar.generate(ids, stop, GREEDY).tokens
+    assert hf._cache is not None and hf._capacity == hf_compat.CAPACITY_STEP
+
+
 def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():
     lm = make_lm(seed=5)
     with pytest.raises(HarnessError, match="needs a draft model"):
@@ -81,8 +99,6 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     graph as torch.compile does without generating code; 'inductor' also compiles it)."""
     from torch._dynamo.utils import counters
 
-    from harness import hf_compat
-
     lm = make_lm(seed=1, init_range=0.5)
     ids = prompt_ids(lm, "def f(a):\n")
     stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
@@ -97,3 +113,24 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     assert got == expected
     assert counters["stats"]["unique_graphs"] == compiled, "a generation compiled a graph: warm-up missed a shape"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device: 2026-12-02 H200)")
+def test_cuda_graph_engine_emits_eager_tokens():
+    """On a GPU the compiled engine replays its own CUDA graphs: every decoder still emits eager's
+    tokens, across generations that crop and reuse the one static cache."""
+    lm = make_lm(seed=1, init_range=0.5)
+    lm.model.to("cuda")
+    lm.device = torch.device("cuda")
+    stop = StopCondition(max_new_tokens=30)
+    prompts = [prompt_ids(lm, p) for p in ("def f(a):\n", "x = 1")]
+    tokens = {}
+    for mode in ("eager", "compile"):
+        lm.engine = hf_compat.DecodeEngine(lm.model, mode)
+        for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3)):
+            decoder = make_decoder(name, lm, k=k)
+            lm.engine.warm_up(decoder.block_sizes(True))
+            tokens[mode, name] = [decoder.generate(ids, stop, GREEDY).tokens for ids in prompts]
+    assert "CUDA graph" in lm.engine.description
+    for name in ("ar", "sdsat", "sdsat-fused"):
+        assert tokens["compile", name] == tokens["eager", name] == tokens["eager", "ar"]

@@ -18,3 +18,11 @@ def test_pass_at_k_against_hand_computed_values():
     assert np.allclose(per_problem, [0.0, 0.5, 1.0]) and per_problem.mean() == pytest.approx(0.5)
     with pytest.raises(ValueError):
         pass_at_k(3, 1, 5)
+
+
+def test_repeated_line_counts_long_lines_only():
+    from harness.metrics import has_repeated_line
+
+    assert has_repeated_line("    self.capacity = capacity\n    x = 1\n    self.capacity = capacity\n")
+    assert not has_repeated_line("    return x\n    else:\n    return x\n")  # short lines repeat in good code
+    assert not has_repeated_line("")

@@ -127,6 +127,12 @@ def decoder_spec(name: str) -> DecoderSpec:
         raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(DECODERS)})") from None
 
 
+def configuration(decoder: Decoder, lm: LoadedModel) -> str:
+    """What ``decoder`` runs on, as records state it: the peers run inside transformers and say how
+    (``configuration``); ours run on the model's engine."""
+    return getattr(decoder, "configuration", None) or lm.engine.description
+
+
 def make_decoder(name: str, lm: LoadedModel, **options) -> Decoder:
     """Build decoder ``name`` on ``lm``; ``options`` are ``Options`` fields (k, accept, tree, draft, groups)."""
     return decoder_spec(name).build(lm, Options(**options))
@@ -142,6 +148,7 @@ __all__ = [
     "SamplingParams",
     "Stats",
     "StopCondition",
+    "configuration",
     "decoder_spec",
     "make_decoder",
     "missing_draft_model",

@@ -5,6 +5,13 @@ speculative decoding with a separate draft model, transformers' assisted generat
 Their internals are transformers', so the statistics that can be measured from outside are reported:
 forward passes of the target model are counted with a forward hook (the draft model's are not);
 prefill is not separable and is included in decode_s.
+
+Each peer runs at the fastest configuration transformers supports for its method, as our decoders run
+at theirs: where our engine compiles (``--engine compile``, what ``auto`` picks on a GPU), ``hf`` decodes
+with a static cache, which makes transformers compile its decode step (CUDA graphs); assisted generation
+(``hf-pld``, ``hf-assisted``) must roll its cache back, and transformers refuses static caches there
+("assisted generate is not supported with Static cache classes"), so those two run with a dynamic cache,
+eagerly. :attr:`HfGenerateDecoder.configuration` says which, and every record carries it.
 """
 
 from __future__ import annotations
@@ -12,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from transformers import StoppingCriteriaList, StopStringCriteria
+from transformers import StaticCache, StoppingCriteriaList, StopStringCriteria
 
+from harness import hf_compat
 from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink, check_room
 from harness.errors import HarnessError
 from harness.models import LoadedModel
@@ -33,6 +41,30 @@ class HfGenerateDecoder:
         self.name = name
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
         self.assistant = assistant
+        assisted = assistant is not None or bool(prompt_lookup_num_tokens)
+        self.static_cache = lm.engine.mode == "compile" and not assisted
+        self._cache: StaticCache | None = None
+        self._capacity = 0
+
+    @property
+    def configuration(self) -> str:
+        if self.static_cache:
+            return "transformers generate: static cache, compiled by transformers"
+        return "transformers generate: dynamic cache, eager" + (
+            "" if self.lm.engine.mode != "compile" else " (assisted generation takes no static cache)"
+        )
+
+    def _static_cache(self, needed: int) -> StaticCache:
+        """One cache for every call, as large as our engine's reservation for the run (in its capacity
+        steps), so that transformers' compiled step sees the same shapes from prompt to prompt (a cache
+        sized per call would recompile inside timed generations)."""
+        needed = max(needed, self.lm.engine.capacity)
+        if self._cache is None or self._capacity < needed:
+            self._capacity = -(-needed // hf_compat.CAPACITY_STEP) * hf_compat.CAPACITY_STEP
+            self._cache = StaticCache(config=self.lm.model.config, max_cache_len=self._capacity)
+        with torch.inference_mode():  # generate made its tensors inference tensors
+            self._cache.reset()
+        return self._cache
 
     def block_sizes(self, greedy: bool) -> tuple[int, ...]:
         """None of our engine's: transformers' generate runs these passes."""
@@ -65,6 +97,8 @@ class HfGenerateDecoder:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant.model
+        if self.static_cache:
+            kwargs["past_key_values"] = self._static_cache(len(prompt_ids) + stop.max_new_tokens)
         calls = []
         hook = model.register_forward_hook(lambda *_: calls.append(1))
         try:
