@@ -25,6 +25,11 @@ ENGINES = ("eager", "static", "compile")
 CAPACITY_STEP = 512  # a static cache grows in these steps (every growth recompiles the decode step)
 
 
+def static_capacity(needed: int) -> int:
+    """The static cache length that holds ``needed`` positions: whole CAPACITY_STEPs."""
+    return -(-needed // CAPACITY_STEP) * CAPACITY_STEP
+
+
 class KVCache:
     """A transformers cache plus its length, kept on the host: reading a static cache's length would
     wait for the device, and every decoder knows how many positions it wrote and kept.
@@ -131,7 +136,7 @@ class DecodeEngine:
         if self.mode == "eager":
             return KVCache(DynamicCache(config=self.model.config), None)
         if self._static is None or self._static.capacity < needed:
-            capacity = -(-needed // CAPACITY_STEP) * CAPACITY_STEP
+            capacity = static_capacity(needed)
             self._static = KVCache(StaticCache(config=self.model.config, max_cache_len=capacity), capacity)
         self._static.crop(0)
         return self._static

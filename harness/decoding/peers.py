@@ -48,8 +48,9 @@ class HfGenerateDecoder:
 
     @property
     def configuration(self) -> str:
-        if self.static_cache:
-            return "transformers generate: static cache, compiled by transformers"
+        if self.static_cache:  # transformers compiles a static-cache step on a GPU only
+            compiled = "compiled by transformers" if self.lm.device.type == "cuda" else "eager"
+            return f"transformers generate: static cache, {compiled}"
         return "transformers generate: dynamic cache, eager" + (
             "" if self.lm.engine.mode != "compile" else " (assisted generation takes no static cache)"
         )
@@ -60,7 +61,7 @@ class HfGenerateDecoder:
         sized per call would recompile inside timed generations)."""
         needed = max(needed, self.lm.engine.capacity)
         if self._cache is None or self._capacity < needed:
-            self._capacity = -(-needed // hf_compat.CAPACITY_STEP) * hf_compat.CAPACITY_STEP
+            self._capacity = hf_compat.static_capacity(needed)
             self._cache = StaticCache(config=self.lm.model.config, max_cache_len=self._capacity)
         with torch.inference_mode():  # generate made its tensors inference tensors
             self._cache.reset()
