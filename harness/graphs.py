@@ -9,9 +9,10 @@ costs microseconds of host time; AR went from 184 tokens/s on a 5.4B-parameter s
 to 193 on the 6.5B one (own graphs; reports/scale/).
 
 What makes a replay right: the graph reads the static cache's buffers and write pointers
-(``cumulative_length``, advanced in place by the captured update), which stay at fixed addresses for the
-cache's life, and its three inputs, which are copied into the graph's own buffers before each replay.
-A new cache (a larger capacity) invalidates every graph.
+(``cumulative_length``, advanced in place by the captured update, read by the captured mask), which
+stay at fixed addresses for the cache's life, and its inputs, which are copied into the graph's own
+buffers before each replay: the block's ids and positions every pass, its layout only when the
+decoder passes another one. A new cache (a larger capacity) invalidates every graph.
 """
 
 from __future__ import annotations
@@ -27,42 +28,46 @@ class _Graph:
     graph: torch.cuda.CUDAGraph
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    mask: torch.Tensor
+    layout: torch.Tensor
+    layout_source: torch.Tensor  # the layout tensor last copied in
     logits: torch.Tensor
 
 
 class GraphedStep:
-    """``step(input_ids=, position_ids=, past_key_values=, attention_mask=, ...)`` (a compiled model
-    forward) replayed from CUDA graphs; call it with the KV cache, the block, its positions and mask."""
+    """``step(model, cache, input_ids, position_ids, layout)`` (the compiled decode step) replayed from
+    CUDA graphs; call it with the KV cache, the block, its positions and its layout."""
 
-    def __init__(self, step: Callable):
+    def __init__(self, step: Callable, model: torch.nn.Module):
         self.step = step
+        self.model = model
         self.pool = torch.cuda.graph_pool_handle()  # one pool: graphs never run at the same time
         self.graphs: dict[int, _Graph] = {}
         self.cache = None
 
-    def __call__(self, cache, input_ids: torch.Tensor, position_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, cache, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: torch.Tensor
+    ) -> torch.Tensor:
         """The logits (1, q, vocab) of one pass; the buffer is overwritten by the next replay."""
-        if cache.hf is not self.cache:
+        if cache is not self.cache:
             self.graphs.clear()  # captured against another cache's buffers
-            self.cache = cache.hf
+            self.cache = cache
         q = input_ids.shape[1]
         g = self.graphs.get(q)
         if g is None:
-            g = self.graphs[q] = self._capture(cache, input_ids, position_ids, mask)
+            g = self.graphs[q] = self._capture(cache, input_ids, position_ids, layout)
         g.input_ids.copy_(input_ids)
         g.position_ids.copy_(position_ids)
-        g.mask.copy_(mask)
+        if layout is not g.layout_source:
+            g.layout.copy_(layout)
+            g.layout_source = layout
         g.graph.replay()
         return g.logits
 
-    def _capture(self, cache, input_ids, position_ids, mask) -> _Graph:
-        ids, positions, m = input_ids.clone(), position_ids.clone(), mask.clone()
+    def _capture(self, cache, input_ids, position_ids, layout) -> _Graph:
+        ids, positions, lay = input_ids.clone(), position_ids.clone(), layout.clone()
 
         def run() -> torch.Tensor:
-            return self.step(
-                input_ids=ids, position_ids=positions, past_key_values=cache.hf, attention_mask=m, use_cache=True
-            ).logits
+            return self.step(self.model, cache, ids, positions, lay)
 
         length = cache.length
         # Compile and warm up on a side stream (as capture requires); each of these passes advances the
@@ -72,10 +77,10 @@ class GraphedStep:
         with torch.cuda.stream(side):
             for _ in range(2):
                 run()
-                cache.set_length(length)
+                cache.move_pointers(length)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             logits = run()
-        cache.set_length(length)  # capture runs nothing; this only restates it
-        return _Graph(graph, ids, positions, m, logits)
+        cache.move_pointers(length)  # capture runs nothing; this only restates it
+        return _Graph(graph, ids, positions, lay, layout, logits)

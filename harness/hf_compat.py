@@ -22,6 +22,10 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, StaticCache
 
 ENGINES = ("eager", "static", "compile")
+# Compilations of our decode step (one per block size: a sweep over k needs more than dynamo's
+# default of 8, past which it would stop compiling). Applied to our step's calls only.
+RECOMPILE_LIMIT = 256
+MASK_ALIGN = 16  # elements: the row stride at which sdpa's memory-efficient kernel reads a mask unpadded
 CAPACITY_STEP = 512  # a static cache grows in these steps (every growth recompiles the decode step)
 
 
@@ -42,10 +46,32 @@ class KVCache:
         self.hf = cache
         self.capacity = capacity
         self.length = 0
+        self._pointers: list[torch.Tensor] = []
+        self.columns: torch.Tensor | None = None  # a static cache's position indices 0..capacity-1
+
+    @classmethod
+    def allocate_static(cls, model: PreTrainedModel, capacity: int) -> KVCache:
+        """A ``StaticCache`` whose layers are allocated now, so that every write pointer exists, on the
+        model's device, before anything is compiled or captured against it."""
+        config = model.config
+        cache = cls(StaticCache(config=config, max_cache_len=capacity), capacity)
+        device = next(model.parameters()).device
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        cache.hf.early_initialization(1, heads, head_dim, model.dtype, device)
+        cache._pointers = [layer.cumulative_length for layer in cache.hf.layers]
+        cache.columns = torch.arange(capacity, device=device)
+        return cache
 
     @property
     def static(self) -> bool:
         return self.capacity is not None
+
+    @property
+    def write_pointer(self) -> torch.Tensor:
+        """The first layer's write pointer (0-d, on the device): the cache's length as the device sees
+        it, which a compiled step reads to build its mask without a host round trip."""
+        return self._pointers[0]
 
     def crop(self, length: int) -> None:
         """Keep the first ``length`` positions of every layer."""
@@ -77,11 +103,16 @@ class KVCache:
         self.set_length(prefix + n)
 
     def set_length(self, length: int) -> None:
-        if self.static:  # move every layer's write pointer (an in-place fill: no device sync)
-            for layer in self.hf.layers:
-                if layer.is_initialized:
-                    layer.cumulative_length.fill_(length)
+        if self.static and length != self.length:
+            self.move_pointers(length)
         self.length = length
+
+    def move_pointers(self, length: int) -> None:
+        """Set every layer's write pointer to ``length`` with two multi-tensor kernels (one per layer
+        would cost a launch each: at a 7B shape 32 after every speculative pass); in place, no sync."""
+        torch._foreach_zero_(self._pointers)
+        if length:
+            torch._foreach_add_(self._pointers, length)
 
 
 class DecodeEngine:
@@ -90,11 +121,15 @@ class DecodeEngine:
     - ``eager``: a fresh ``DynamicCache`` per generation, the model called directly (CPU default).
     - ``static``: one pre-allocated ``StaticCache`` reused by every generation; masks span its whole
       capacity, so every decode pass of one block size has the same shapes.
-    - ``compile``: ``static`` plus a ``torch.compile``d decode step, as pytorch-labs/gpt-fast does;
-      on a GPU each block size's step is captured once as a CUDA graph and replayed
-      (:class:`harness.graphs.GraphedStep`). Prefill stays eager because prompt lengths vary.
+    - ``compile``: ``static`` plus a ``torch.compile``d decode step (:func:`decode_step`), as
+      pytorch-labs/gpt-fast does; on a GPU each block size's step is captured once as a CUDA graph and
+      replayed (:class:`harness.graphs.GraphedStep`). Prefill stays eager because prompt lengths vary.
       :meth:`warm_up` compiles and captures the block sizes a decoder will use, so that neither
       lands inside a timed generation.
+
+    On a static cache a pass's mask is built from the block's layout and the device-side write
+    pointer (:func:`static_mask`), inside the compiled step: a pass costs the host one call, whatever
+    its block.
     """
 
     def __init__(self, model: PreTrainedModel, mode: str = "eager", backend: str = "inductor"):
@@ -108,14 +143,16 @@ class DecodeEngine:
         self._causal_layouts: dict[int, torch.Tensor] = {}
         self._graphs = None
         if mode == "compile":
-            # A sweep over k compiles a graph per block size; the default limit (8) would silently
-            # fall back to eager mode after the eighth.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
-            self._step = torch.compile(model.forward, backend=backend, fullgraph=True, dynamic=False)
+            self._compiled = torch.compile(decode_step, backend=backend, fullgraph=True, dynamic=False)
+            self._step = self._compiled_step
             if self.device.type == "cuda":
                 from harness.graphs import GraphedStep
 
-                self._graphs = GraphedStep(self._step)
+                self._graphs = GraphedStep(self._step, model)
+
+    def _compiled_step(self, *args) -> torch.Tensor:
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return self._compiled(*args)
 
     @property
     def device(self) -> torch.device:
@@ -136,8 +173,7 @@ class DecodeEngine:
         if self.mode == "eager":
             return KVCache(DynamicCache(config=self.model.config), None)
         if self._static is None or self._static.capacity < needed:
-            capacity = static_capacity(needed)
-            self._static = KVCache(StaticCache(config=self.model.config, max_cache_len=capacity), capacity)
+            self._static = KVCache.allocate_static(self.model, static_capacity(needed))
         self._static.crop(0)
         return self._static
 
@@ -151,20 +187,24 @@ class DecodeEngine:
         if self.mode != "eager":
             self.new_cache(needed)
 
-    def mask(self, cache: KVCache, allowed: torch.Tensor | None) -> torch.Tensor | None:
-        """The additive mask of one pass: the cached prefix is visible, ``allowed`` (q x q bool)
-        restricts attention inside the block, and a static cache's unused positions are hidden.
-        ``allowed`` None: plain causal attention, which transformers builds itself (dynamic cache only)."""
-        if allowed is None:
+    def mask(self, cache: KVCache, allowed: torch.Tensor | None, q: int, prefill: bool = False) -> torch.Tensor | None:
+        """The additive mask of one pass of ``q`` tokens over a dynamic cache: the cached prefix is
+        visible and ``allowed`` (q x q bool, None: causal) restricts attention inside the block.
+
+        None (no mask: transformers lets the attention kernel apply causality itself) for one token and
+        for a causal prefill. Any other block gets ours, built once per pass, because the one
+        transformers builds is boolean: sdpa turns it into a float mask in every layer, and pads it to
+        the kernel's alignment in every layer too. Ours is float and its rows are stored at a padded
+        width, so each layer reads it as it is."""
+        if allowed is None and (q == 1 or prefill):
             return None
         base = cache.length
-        block = self._block_layout(allowed)
-        q = block.shape[0]
-        width = cache.capacity if cache.static else base + q
-        full = torch.zeros(q, width, dtype=torch.bool, device=self.device)
+        block = self._causal(q) if allowed is None else self._block_layout(allowed)
+        width = base + q
+        full = torch.zeros(q, -(-width // MASK_ALIGN) * MASK_ALIGN, dtype=torch.bool, device=self.device)
         full[:, :base] = True
-        full[:, base : base + q] = block
-        return additive_mask(full, self.model.dtype)
+        full[:, base:width] = block
+        return additive_mask(full, self.model.dtype)[..., :width]
 
     def _block_layout(self, allowed: torch.Tensor) -> torch.Tensor:
         """``allowed`` on the model's device; decoders reuse a few layouts, so each is copied once."""
@@ -189,27 +229,34 @@ class DecodeEngine:
         ``logits_to_keep`` positions (0 = all). ``allowed``: (q, q) bool visibility inside the block,
         None for causal. Prefill passes run eagerly."""
         q = input_ids.shape[1]
-        if cache.static and cache.length + q > cache.capacity:
-            raise ValueError(f"static cache of {cache.capacity} positions cannot take {cache.length + q}")
-        if allowed is None and cache.static:
-            allowed = self._causal(q)
-        mask = self.mask(cache, allowed)
-        compiled = self._step is not None and not prefill
-        if compiled and self._graphs is not None and logits_to_keep == 0:
-            # A CUDA graph's output buffer is overwritten by its next replay: callers keep logits
-            # (drafts) across passes, so they get their own copy.
-            logits = self._graphs(cache, input_ids, position_ids, mask)[0].clone()
-        else:
-            logits = (self._step if compiled else self.model)(
+        if not cache.static:
+            logits = self.model(
                 input_ids=input_ids,
                 position_ids=position_ids,
                 past_key_values=cache.hf,
-                attention_mask=mask,
+                attention_mask=self.mask(cache, allowed, q, prefill),
                 use_cache=True,
                 logits_to_keep=logits_to_keep,
             ).logits[0]
+        else:
+            if cache.length + q > cache.capacity:
+                raise ValueError(f"static cache of {cache.capacity} positions cannot take {cache.length + q}")
+            layout = self._causal(q) if allowed is None else self._block_layout(allowed)
+            if self._step is None or prefill or logits_to_keep:
+                logits = decode_step(self.model, cache, input_ids, position_ids, layout, logits_to_keep)[0]
+            else:
+                logits = self._compiled_pass(cache, input_ids, position_ids, layout)
         cache.length += q
         return logits
+
+    def _compiled_pass(
+        self, cache: KVCache, input_ids: torch.Tensor, position_ids: torch.Tensor, layout: torch.Tensor
+    ) -> torch.Tensor:
+        if self._graphs is not None:
+            # A CUDA graph's output buffer is overwritten by its next replay: callers keep logits
+            # (drafts) across passes, so they get their own copy.
+            return self._graphs(cache, input_ids, position_ids, layout)[0].clone()
+        return self._step(self.model, cache, input_ids, position_ids, layout)[0]
 
     def _causal(self, q: int) -> torch.Tensor:
         layout = self._causal_layouts.get(q)
@@ -231,6 +278,38 @@ class DecodeEngine:
                 self.forward(cache, ids, torch.arange(prompt_length, device=device)[None], prefill=True)
                 block = torch.zeros(1, q, dtype=torch.long, device=device)
                 self.forward(cache, block, torch.arange(prompt_length, prompt_length + q, device=device)[None])
+
+
+def decode_step(
+    model: PreTrainedModel,
+    cache: KVCache,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    layout: torch.Tensor,
+    logits_to_keep: int = 0,
+) -> torch.Tensor:
+    """One pass over a static cache, its mask included: the compiled engine's step (a graph of the
+    mask and the model), called eagerly by the static engine and for prefill. Logits (1, q, vocab)."""
+    mask = static_mask(cache.write_pointer, layout, cache.columns, model.dtype)
+    return model(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        past_key_values=cache.hf,
+        attention_mask=mask,
+        use_cache=True,
+        logits_to_keep=logits_to_keep,
+    ).logits
+
+
+def static_mask(base: torch.Tensor, layout: torch.Tensor, columns: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The (1, 1, q, capacity) additive mask of a pass over a static cache whose first ``base``
+    positions (a 0-d device tensor) are cached: those are visible, the block's own positions
+    ``[base, base + q)`` follow ``layout`` (q x q bool), the stale rest is hidden."""
+    q = layout.shape[0]
+    offset = columns - base  # each cache position relative to the block's first
+    in_block = (offset >= 0) & (offset < q)
+    allowed = (offset < 0) | (in_block & layout.index_select(1, offset.clamp(0, q - 1)))
+    return additive_mask(allowed, dtype)
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

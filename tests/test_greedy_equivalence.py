@@ -127,10 +127,10 @@ def test_cuda_graph_engine_emits_eager_tokens():
     tokens = {}
     for mode in ("eager", "compile"):
         lm.engine = hf_compat.DecodeEngine(lm.model, mode)
-        for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3)):
+        for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5)):
             decoder = make_decoder(name, lm, k=k)
             lm.engine.warm_up(decoder.block_sizes(True))
-            tokens[mode, name] = [decoder.generate(ids, stop, GREEDY).tokens for ids in prompts]
+            tokens[mode, name, k] = [decoder.generate(ids, stop, GREEDY).tokens for ids in prompts]
     assert "CUDA graph" in lm.engine.description
-    for name in ("ar", "sdsat", "sdsat-fused"):
-        assert tokens["compile", name] == tokens["eager", name] == tokens["eager", "ar"]
+    for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5)):
+        assert tokens["compile", name, k] == tokens["eager", name, k] == tokens["eager", "ar", 0]
