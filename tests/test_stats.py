@@ -75,3 +75,46 @@ def test_sink_eos_and_max_new_tokens():
     assert sink.emit([ord("a"), 1, ord("b")]) == 2 and sink.stop_reason == "eos" and sink.text == "a"
     sink = TokenSink(_CharTok(), [0], StopCondition(3))
     assert sink.emit([ord(c) for c in "abcdef"]) == 3 and sink.stop_reason == "max_new_tokens"
+
+
+def _cut_by_full_decodes(tokenizer, prompt: list[int], tokens: list[int], stops: tuple[str, ...]):
+    """The reference: the first token count whose full decode holds a stop string, and the text cut there."""
+    chars = len(tokenizer.decode(prompt, skip_special_tokens=True))
+    for n in range(1, len(tokens) + 1):
+        text = tokenizer.decode(prompt + tokens[:n], skip_special_tokens=True)[chars:]
+        hits = [i for s in stops if (i := text.find(s)) >= 0]
+        if hits:
+            return tokens[:n], text[: min(hits)]
+    return tokens, tokenizer.decode(prompt + tokens, skip_special_tokens=True)[chars:]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sink_windowed_stop_check_agrees_with_full_decodes(seed):
+    """The sink decodes a bounded window per batch to look for stop strings; on the default model's
+    byte-level BPE (multi-byte characters split over tokens, leading spaces) it must cut exactly where
+    decoding the whole sequence after every token would."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from harness.models import DEFAULT_MODELS, MODELS_DIR
+
+    tokenizer = AutoTokenizer.from_pretrained(MODELS_DIR / DEFAULT_MODELS["default"])
+    rng = random.Random(seed)
+    text = "def f(x):\n    # ü→ 数 émoji 🙂\n    return x\n\n" * 3
+    pieces = tokenizer(text, add_special_tokens=False).input_ids
+    stops = ("\ndef", "\n#", "\n\n", "🙂\n", " return")
+    for _ in range(10):
+        cut_at = rng.randrange(1, 12)
+        prompt = pieces[:cut_at]
+        # the text's own tokens with some replaced by random ids: stop strings appear where the text
+        # has them, straddle batches, and sit next to odd tokens (partial UTF-8 characters)
+        tokens = [t if rng.random() < 0.85 else rng.randrange(len(tokenizer)) for t in pieces[cut_at : cut_at + 60]]
+        sink = TokenSink(tokenizer, prompt, StopCondition(1000, stop_strings=stops))
+        i = 0
+        while i < len(tokens) and not sink.done:
+            batch = rng.randrange(1, 9)
+            sink.emit(tokens[i : i + batch])
+            i += batch
+        kept, cut = _cut_by_full_decodes(tokenizer, prompt, tokens[:i], stops)
+        assert sink.tokens == kept and sink.text == cut

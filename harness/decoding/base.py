@@ -156,7 +156,10 @@ class TokenSink:
         # Decode the completion together with the prompt and cut the prompt's text off, so that
         # tokenizers which drop a leading space when decoding a slice (SentencePiece) stay right.
         self._prompt_chars = len(tokenizer.decode(self.prompt_ids, skip_special_tokens=True))
-        self._text = ""
+        self._text: str | None = None  # set where a stop string cut the completion
+        # Tokens before a batch that a stop string ending in it can reach back into: each character
+        # of a stop string comes from at most 4 tokens (UTF-8 bytes), 2 more for the decoding context.
+        self._lookback = 4 * max((len(s) for s in stop.stop_strings), default=0) + 2
 
     @property
     def done(self) -> bool:
@@ -164,7 +167,7 @@ class TokenSink:
 
     @property
     def text(self) -> str:
-        return self._text if self.stop.stop_strings else self._decode(self.tokens)
+        return self._text if self._text is not None else self._decode(self.tokens)
 
     def _decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode(self.prompt_ids + tokens, skip_special_tokens=True)[self._prompt_chars :]
@@ -172,6 +175,16 @@ class TokenSink:
     def _first_stop(self, text: str) -> int | None:
         hits = [i for s in self.stop.stop_strings if (i := text.find(s)) >= 0]
         return min(hits) if hits else None
+
+    def _may_stop(self, start: int) -> bool:
+        """Whether a stop string can end in the tokens from ``start`` on. Decodes a window of the
+        sequence (the batch and the tokens a stop string could reach back into), not the whole of it:
+        a window decodes as the sequence does but at its first tokens, which only precede any stop
+        string that ends in the batch. A hit may be in the prompt's part of the window; the exact
+        check that follows looks at the completion only."""
+        sequence = self.prompt_ids + self.tokens
+        window = sequence[max(0, len(self.prompt_ids) + start - self._lookback) :]
+        return self._first_stop(self.tokenizer.decode(window, skip_special_tokens=True)) is not None
 
     def emit(self, tokens: Sequence[int]) -> int:
         """Append ``tokens`` in order until a stop; return how many were kept."""
@@ -186,7 +199,7 @@ class TokenSink:
             if len(self.tokens) >= self.stop.max_new_tokens:
                 self.stop_reason = "max_new_tokens"
                 break
-        if not self.stop.stop_strings:
+        if not self.stop.stop_strings or not self._may_stop(start):
             return len(self.tokens) - start  # text is decoded once, at the end
         text = self._decode(self.tokens)
         if self._first_stop(text) is not None:
@@ -195,10 +208,9 @@ class TokenSink:
                 cut = self._first_stop(self._decode(self.tokens[:n]))
                 if cut is not None:
                     del self.tokens[n:]
-                    text = self._decode(self.tokens)[:cut]
+                    self._text = self._decode(self.tokens)[:cut]
                     self.stop_reason = "stop_string"
                     break
-        self._text = text
         return len(self.tokens) - start
 
 
