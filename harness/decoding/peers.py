@@ -3,8 +3,15 @@
 speculative decoding with a separate draft model, transformers' assisted generation).
 
 Their internals are transformers', so the statistics that can be measured from outside are reported:
-forward passes of the target model are counted with a forward hook (the draft model's are not);
-prefill is not separable and is included in decode_s.
+forward passes of the target model are counted with a forward hook (the draft model's are not), and
+the end of the first one (the prefill, which in assisted generation also verifies the first drafts)
+splits prefill_s from decode_s, as our decoders' timers do.
+
+They stop where ours stop: a stopping criterion feeds each step's new tokens to our
+:class:`~harness.decoding.base.TokenSink`. transformers' own ``StopStringCriteria`` only looks at the
+end of the sequence, so an assisted step that accepts a stop string and tokens after it was not
+stopped, and ``hf-pld`` ran on to ``max_new_tokens`` (up to 48 passes for a kept completion of 2 tokens;
+its speedups measured before 2026-12-02 were low for that reason).
 
 Each peer runs at the fastest configuration transformers supports for its method, as our decoders run
 at theirs: where our engine compiles (``--engine compile``, what ``auto`` picks on a GPU), ``hf`` decodes
@@ -16,15 +23,44 @@ eagerly. :attr:`HfGenerateDecoder.configuration` says which, and every record ca
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
-from transformers import StaticCache, StoppingCriteriaList, StopStringCriteria
+from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList
 
 from harness import hf_compat
 from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink, check_room
 from harness.errors import HarnessError
 from harness.models import LoadedModel
+
+
+class SinkCriteria(StoppingCriteria):
+    """Stops transformers' generate once our sink would: at a stop string anywhere in a step's tokens."""
+
+    def __init__(self, sink: TokenSink, prompt_length: int):
+        self.sink = sink
+        self.fed = prompt_length  # tokens of the sequence already given to the sink
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
+        self.sink.emit(input_ids[0, self.fed :].tolist())
+        self.fed = input_ids.shape[1]
+        return torch.full((input_ids.shape[0],), self.sink.done, dtype=torch.bool, device=input_ids.device)
+
+
+class _PrefillClock:
+    """A forward hook that notes when the target model's first pass (the prefill) has finished."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.passes = 0
+        self.prefill_end: float | None = None
+
+    def __call__(self, *_) -> None:
+        self.passes += 1
+        if self.prefill_end is None:
+            hf_compat.synchronize(self.device)
+            self.prefill_end = time.perf_counter()
 
 
 class HfGenerateDecoder:
@@ -92,16 +128,16 @@ class HfGenerateDecoder:
         if stop.stop_strings:
             # A criteria object rather than ``stop_strings``: assisted generation would hand the strings
             # to the draft model's own generate call, which has no tokenizer.
-            criteria = StopStringCriteria(self.lm.tokenizer, list(stop.stop_strings))
-            kwargs["stopping_criteria"] = StoppingCriteriaList([criteria])
+            sink = TokenSink(self.lm.tokenizer, prompt_ids, stop)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([SinkCriteria(sink, ids.shape[1])])
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
         if self.assistant is not None:
             kwargs["assistant_model"] = self.assistant.model
         if self.static_cache:
             kwargs["past_key_values"] = self._static_cache(len(prompt_ids) + stop.max_new_tokens)
-        calls = []
-        hook = model.register_forward_hook(lambda *_: calls.append(1))
+        clock = _PrefillClock(self.lm.device)
+        hook = model.register_forward_hook(clock)
         try:
             with torch.inference_mode(), Timer(self.lm.device) as t:
                 out = model.generate(ids, **kwargs)
@@ -109,6 +145,13 @@ class HfGenerateDecoder:
             hook.remove()
         sink = TokenSink(self.lm.tokenizer, prompt_ids, stop)
         sink.emit(out[0, ids.shape[1] :].tolist())
-        stats = Stats(decode_s=t.seconds, prefill_passes=1, forward_passes=max(0, len(calls) - 1), loops_observed=False)
+        prefill_s = (clock.prefill_end or t.start + t.seconds) - t.start
+        stats = Stats(
+            prefill_s=prefill_s,
+            decode_s=t.seconds - prefill_s,
+            prefill_passes=1,
+            forward_passes=max(0, clock.passes - 1),
+            loops_observed=False,
+        )
         stats.new_tokens = len(sink.tokens)  # drafted/accepted are transformers' internals: unknown, not 0
         return Generation(list(sink.tokens), sink.text, sink.stop_reason or "max_new_tokens", stats)
