@@ -118,3 +118,27 @@ def test_sink_windowed_stop_check_agrees_with_full_decodes(seed):
             i += batch
         kept, cut = _cut_by_full_decodes(tokenizer, prompt, tokens[:i], stops)
         assert sink.tokens == kept and sink.text == cut
+
+
+def test_peer_stop_criteria_forget_rejected_drafts():
+    """transformers 5.17 calls the stopping criteria on a step's drafted sequence before verifying it.
+    Drafts that verification rejects must leave no trace: neither a stop string they spelled nor
+    their count towards max_new_tokens."""
+    import torch
+
+    from harness.decoding.peers import SinkCriteria
+
+    lm = make_lm(seed=5)
+    prompt = prompt_ids(lm, "def f(a):\n")
+    stop_ids = lm.tokenizer("):", add_special_tokens=False).input_ids
+    plain = lm.tokenizer("ab", add_special_tokens=False).input_ids
+    criteria = SinkCriteria(TokenSink(lm.tokenizer, prompt, StopCondition(6, stop_strings=("):",))), len(prompt))
+
+    def call(completion: list[int]) -> bool:
+        return bool(criteria(torch.tensor([prompt + completion]), None)[0])
+
+    assert not call(plain[:1])
+    assert call(plain[:1] + stop_ids)  # drafts that spell the stop string ...
+    assert not call(plain[:1] + plain[1:2])  # ... rejected: verification kept another token
+    assert call(plain * 4 + plain[:1]) and criteria.sink.stop_reason == "max_new_tokens"
+    assert criteria.sink.tokens == (plain * 4 + plain[:1])[:6]

@@ -8,6 +8,7 @@ all decoders stop at exactly the same token and tokens past a stop are never cou
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -164,6 +165,12 @@ class TokenSink:
     @property
     def done(self) -> bool:
         return self.stop_reason is not None
+
+    def fork(self) -> TokenSink:
+        """An independent sink in this one's state, to go on from here more than one way."""
+        clone = copy.copy(self)
+        clone.tokens = list(self.tokens)
+        return clone
 
     @property
     def text(self) -> str:

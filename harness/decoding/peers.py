@@ -36,16 +36,34 @@ from harness.models import LoadedModel
 
 
 class SinkCriteria(StoppingCriteria):
-    """Stops transformers' generate once our sink would: at a stop string anywhere in a step's tokens."""
+    """Stops transformers' generate once our sink would: at a stop string anywhere in a step's tokens.
+
+    The sink is fed each call's new tokens only, so its stop check stays bounded. Some releases (5.17)
+    also call the criteria on a step's drafted sequence before verifying it; drafts that verification
+    rejects must not stay in the sink (they would count towards max_new_tokens and end generation
+    early), so a call whose sequence does not extend the previous call's resumes from the sink as it
+    was before that call, or, failing that, from an empty one."""
 
     def __init__(self, sink: TokenSink, prompt_length: int):
+        self.prompt_length = prompt_length
         self.sink = sink
-        self.fed = prompt_length  # tokens of the sequence already given to the sink
+        self.fed: list[int] = []  # the completion as the last call saw it
+        self._empty = sink.fork()
+        self._before = (self._empty, self.fed)  # the sink and its completion before the last call
+
+    def _resume_point(self, tokens: list[int]) -> tuple[TokenSink, list[int]]:
+        for sink, fed in ((self.sink, self.fed), self._before):
+            if tokens[: len(fed)] == fed:
+                return sink, fed
+        return self._empty.fork(), []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs) -> torch.Tensor:
-        self.sink.emit(input_ids[0, self.fed :].tolist())
-        self.fed = input_ids.shape[1]
-        return torch.full((input_ids.shape[0],), self.sink.done, dtype=torch.bool, device=input_ids.device)
+        tokens = input_ids[0, self.prompt_length :].tolist()
+        sink, fed = self._resume_point(tokens)
+        self._before = (sink.fork(), fed)
+        sink.emit(tokens[len(fed) :])
+        self.sink, self.fed = sink, tokens
+        return torch.full((input_ids.shape[0],), sink.done, dtype=torch.bool, device=input_ids.device)
 
 
 class _PrefillClock:
