@@ -163,6 +163,11 @@ class HfGenerateDecoder:
             hook.remove()
         sink = TokenSink(self.lm.tokenizer, prompt_ids, stop)
         sink.emit(out[0, ids.shape[1] :].tolist())
+        if not sink.done:  # generate ended where our stop rules do not: its record would be mislabelled
+            raise HarnessError(
+                f"{self.name}: transformers' generate stopped after {len(sink.tokens)} of {stop.max_new_tokens} "
+                "new tokens without an eos token or a stop string"
+            )
         prefill_s = (clock.prefill_end or t.start + t.seconds) - t.start
         stats = Stats(
             prefill_s=prefill_s,
@@ -172,4 +177,4 @@ class HfGenerateDecoder:
             loops_observed=False,
         )
         stats.new_tokens = len(sink.tokens)  # drafted/accepted are transformers' internals: unknown, not 0
-        return Generation(list(sink.tokens), sink.text, sink.stop_reason or "max_new_tokens", stats)
+        return Generation(list(sink.tokens), sink.text, sink.stop_reason, stats)
