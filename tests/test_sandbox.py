@@ -54,6 +54,11 @@ def _slot_processes(owner: int | None = None) -> list[int]:
     return found
 
 
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
 def run_py(source: str, limits: Limits = QUICK, isolation: str | None = None):
     return run_program(PY, textwrap.dedent(source), limits, isolation)
 
@@ -209,10 +214,12 @@ def test_nothing_outlives_its_verdict(level):
     assert not _slot_processes()
 
 
-def _kill_harness_mid_run(tmp_path: Path, program: str, level: str, slots: int, processes: int) -> int:
+def _kill_harness_mid_run(
+    tmp_path: Path, program: str, level: str, slots: int, processes: int
+) -> tuple[int, set[int], float]:
     """Start a harness running ``program`` (at ``level``, with ``slots`` sandbox slots), SIGKILL it once
     ``processes`` of the program's processes run (counted after its probe, whose short programs would
-    count too), and return its pid."""
+    count too), and return its pid, the uids its program ran as and the time of the kill."""
     driver = tmp_path / "driver.py"
     driver.write_text(
         "from harness.execution import sandbox\n"
@@ -234,12 +241,15 @@ def _kill_harness_mid_run(tmp_path: Path, program: str, level: str, slots: int, 
         deadline = time.monotonic() + 20
         while len(_slot_processes(harness.pid)) < processes and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert len(_slot_processes(harness.pid)) >= processes, "the program never started"
+        running = _slot_processes(harness.pid)
+        assert len(running) >= processes, "the program never started"
+        uids = {_uid(pid) for pid in running}
     finally:
+        killed_at = time.time()
         harness.kill()
         _, errors = harness.communicate()
     assert harness.returncode == -signal.SIGKILL, errors
-    return harness.pid
+    return harness.pid, uids, killed_at
 
 
 @pytest.mark.parametrize("level", ALL_LEVELS)
@@ -247,7 +257,7 @@ def test_harness_killed_mid_run_leaves_nothing(level, tmp_path):
     if level == "rlimits" and sandbox.cgroup.hierarchy() is None:
         pytest.skip("rlimits without control groups")
     program = "import os, time\nos.setsid() if os.fork() == 0 else None\ntime.sleep(60)\n"
-    harness = _kill_harness_mid_run(tmp_path, program, level, SLOTS, processes=2)  # the program and its child
+    harness, uids, killed_at = _kill_harness_mid_run(tmp_path, program, level, SLOTS, processes=2)  # and its child
     deadline = time.monotonic() + 5
     while _slot_processes(harness) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -256,8 +266,14 @@ def test_harness_killed_mid_run_leaves_nothing(level, tmp_path):
         time.sleep(0.2)
     assert not _slot_processes(harness)
     if sandbox._is_root():
-        left = [e.path for e in sandbox._shared_temp_entries() if e.name.startswith("sdsat-exec-")]
-        assert not [path for path in left if os.lstat(path).st_uid >= SLOT_UID_BASE], left
+        # Only what this harness's slots made before it was killed: tests in other processes (pytest
+        # -n) run programs of their own meanwhile, and may be given the freed slots afterwards.
+        left = [
+            e.path
+            for e in sandbox._shared_temp_entries()
+            if e.name.startswith("sdsat-exec-") and (st := os.lstat(e.path)).st_uid in uids and st.st_ctime <= killed_at
+        ]
+        assert not left, left
 
 
 def test_rlimits_next_program_of_a_slot_finds_nothing_of_a_killed_one(tmp_path, monkeypatch):
@@ -266,7 +282,7 @@ def test_rlimits_next_program_of_a_slot_finds_nothing_of_a_killed_one(tmp_path, 
     if not sandbox._is_root() or sandbox.cgroup.hierarchy() is None:
         pytest.skip("per-program uids need root; reaching a killed harness's programs needs control groups")
     program = 'import os, time\nopen("/tmp/sdsat-left-" + str(os.getpid()), "w").write("x")\ntime.sleep(60)\n'
-    harness = _kill_harness_mid_run(tmp_path, program, "rlimits", slots=1, processes=1)
+    harness, _, _ = _kill_harness_mid_run(tmp_path, program, "rlimits", slots=1, processes=1)
     monkeypatch.setattr(sandbox, "SLOTS", 1)
     looker = """
         import os
