@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from harness.models import AdaptiveSpec
 from harness.training.checkpoint import save_checkpoint
 from tests.tiny import make_lm
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One intra-op thread per test process: the tiny models gain nothing from more, and the workers
+    # (pytest -n auto: one per core) would otherwise oversubscribe the cores.
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

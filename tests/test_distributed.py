@@ -13,6 +13,9 @@ import pytest
 
 from harness.cli import main
 
+# Under pytest-xdist (--dist loadgroup) these tests share one worker: their launches use one rendezvous port.
+pytestmark = pytest.mark.xdist_group("distributed")
+
 RUN = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "1,2", "--limit", "5", "--max-new-tokens", "6"]
 MEASURED = ("prefill_s", "decode_s", "tokens_per_s", "tokens_per_s_e2e", "device")
 
