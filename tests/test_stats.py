@@ -132,7 +132,7 @@ def test_peer_stop_criteria_forget_rejected_drafts():
     prompt = prompt_ids(lm, "def f(a):\n")
     stop_ids = lm.tokenizer("):", add_special_tokens=False).input_ids
     plain = lm.tokenizer("ab", add_special_tokens=False).input_ids
-    criteria = SinkCriteria(TokenSink(lm.tokenizer, prompt, StopCondition(6, stop_strings=("):",))), len(prompt))
+    criteria = SinkCriteria(TokenSink(lm.tokenizer, prompt, StopCondition(6, stop_strings=("):",))))
 
     def call(completion: list[int]) -> bool:
         return bool(criteria(torch.tensor([prompt + completion]), None)[0])

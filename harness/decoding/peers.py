@@ -44,8 +44,8 @@ class SinkCriteria(StoppingCriteria):
     early), so a call whose sequence does not extend the previous call's resumes from the sink as it
     was before that call, or, failing that, from an empty one."""
 
-    def __init__(self, sink: TokenSink, prompt_length: int):
-        self.prompt_length = prompt_length
+    def __init__(self, sink: TokenSink):
+        self.prompt_length = len(sink.prompt_ids)
         self.sink = sink
         self.fed: list[int] = []  # the completion as the last call saw it
         self._empty = sink.fork()
@@ -147,7 +147,7 @@ class HfGenerateDecoder:
             # A criteria object rather than ``stop_strings``: assisted generation would hand the strings
             # to the draft model's own generate call, which has no tokenizer.
             sink = TokenSink(self.lm.tokenizer, prompt_ids, stop)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([SinkCriteria(sink, ids.shape[1])])
+            kwargs["stopping_criteria"] = StoppingCriteriaList([SinkCriteria(sink)])
         if self.prompt_lookup_num_tokens:
             kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup_num_tokens
         if self.assistant is not None:
