@@ -32,12 +32,12 @@ NAMESPACED = [level for level in ("bubblewrap", "unshare") if level in available
 ALL_LEVELS = [*NAMESPACED, "rlimits"]
 
 
-def _slot_processes(owner: int | None = None) -> list[int]:
+def _slot_processes(owner: int | None = None) -> dict[int, int]:
     """Live processes running as a sandbox slot uid (zombies are dead, merely not reaped yet), of the
     harness ``owner`` (default: this one; its control groups carry its pid), so that other harnesses
-    on the machine do not count."""
+    on the machine do not count: pid -> uid."""
     owner = os.getpid() if owner is None else owner
-    found = []
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -50,13 +50,8 @@ def _slot_processes(owner: int | None = None) -> list[int]:
         uid = int(fields.get("Uid", "0").split()[0])
         mine = f"/sdsat-{owner}-" in groups or sandbox.cgroup.hierarchy() is None
         if SLOT_UID_BASE <= uid < SLOT_UID_BASE + SLOTS and "zombie" not in fields.get("State", "") and mine:
-            found.append(int(entry.name))
+            found[int(entry.name)] = uid
     return found
-
-
-def _uid(pid: int) -> int:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
 
 
 def run_py(source: str, limits: Limits = QUICK, isolation: str | None = None):
@@ -243,7 +238,7 @@ def _kill_harness_mid_run(
             time.sleep(0.05)
         running = _slot_processes(harness.pid)
         assert len(running) >= processes, "the program never started"
-        uids = {_uid(pid) for pid in running}
+        uids = set(running.values())
     finally:
         killed_at = time.time()
         harness.kill()
