@@ -105,3 +105,33 @@ def test_eager_and_sdpa_agree_on_tree_mask():
     lm.model.config._attn_implementation = "sdpa"
     # eager attention takes its softmax in float32, hence the float32-level tolerance
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=1e-5)
+
+
+def test_gpu_attention_leaves_cudnn_out_and_restores_the_flags():
+    """cuDNN's attention builds a plan per new (query, key) shape (~50 ms each on an H200) and a
+    dynamic cache gives every pass a new one: on a GPU every other sdpa kernel stays allowed."""
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with hf_compat.attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+
+
+def test_our_passes_and_the_peers_generate_run_under_the_attention_policy(monkeypatch):
+    import contextlib
+
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+
+    entered = []
+
+    def recording(device):
+        entered.append(device)
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(hf_compat, "attention_kernels", recording)
+    lm = make_lm(seed=1)
+    stop, greedy = StopCondition(max_new_tokens=5), SamplingParams()
+    ar = make_decoder("ar", lm).generate([0, 23, 24], stop, greedy)
+    assert len(entered) == 1 + ar.stats.forward_passes  # the prefill and every decode pass
+    make_decoder("hf", lm).generate([0, 23, 24], stop, greedy)
+    assert len(entered) == 2 + ar.stats.forward_passes  # once around transformers' generate

@@ -157,7 +157,7 @@ class HfGenerateDecoder:
         clock = _PrefillClock(self.lm.device)
         hook = model.register_forward_hook(clock)
         try:
-            with torch.inference_mode(), Timer(self.lm.device) as t:
+            with hf_compat.attention_kernels(self.lm.device), torch.inference_mode(), Timer(self.lm.device) as t:
                 out = model.generate(ids, **kwargs)
         finally:
             hook.remove()
