@@ -61,7 +61,7 @@ class KVCache:
         self.hf = cache
         self.capacity = capacity
         self.length = 0
-        self._pointers: list[torch.Tensor] = []
+        self._pointers: torch.Tensor | None = None  # a static cache's write pointers, one per layer
         self.columns: torch.Tensor | None = None  # a static cache's position indices 0..capacity-1
 
     @classmethod
@@ -74,7 +74,11 @@ class KVCache:
         heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         cache.hf.early_initialization(1, heads, head_dim, model.dtype, device)
-        cache._pointers = [layer.cumulative_length for layer in cache.hf.layers]
+        # Every layer's write pointer becomes one element of one tensor (each update advances its own
+        # element in place), so that moving them all after a crop is one kernel launch, not one per layer.
+        cache._pointers = torch.zeros(len(cache.hf.layers), dtype=torch.long, device=device)
+        for i, layer in enumerate(cache.hf.layers):
+            layer.cumulative_length = cache._pointers[i]
         cache.columns = torch.arange(capacity, device=device)
         return cache
 
@@ -96,19 +100,20 @@ class KVCache:
             self.hf.crop(length - self.length)
         self.set_length(length)
 
-    def keep(self, prefix: int, tail_offsets: torch.Tensor) -> None:
+    def keep(self, prefix: int, tail_offsets: Sequence[int]) -> None:
         """Keep positions ``[0, prefix)`` plus ``prefix + tail_offsets`` (in that order), drop the rest.
 
         Used after tree verification, where the accepted path is not a contiguous block of the
-        verified nodes. A contiguous tail is turned into a cheaper crop."""
-        n = int(tail_offsets.numel())
-        if n == 0 or torch.equal(tail_offsets.cpu(), torch.arange(n)):
+        verified nodes. A contiguous tail (every greedy chain) is a crop, decided on the host."""
+        n = len(tail_offsets)
+        if list(tail_offsets) == list(range(n)):
             self.crop(prefix + n)
             return
+        kept = torch.tensor([prefix + t for t in tail_offsets])
         for layer in self.hf.layers:
             if getattr(layer, "keys", None) is None:
                 continue
-            index = (prefix + tail_offsets).to(layer.keys.device)
+            index = kept.to(layer.keys.device)
             if self.static:  # in place: the buffers' addresses are baked into compiled graphs
                 layer.keys[..., prefix : prefix + n, :] = layer.keys.index_select(-2, index)
                 layer.values[..., prefix : prefix + n, :] = layer.values.index_select(-2, index)
@@ -123,11 +128,8 @@ class KVCache:
         self.length = length
 
     def move_pointers(self, length: int) -> None:
-        """Set every layer's write pointer to ``length`` with two multi-tensor kernels (one per layer
-        would cost a launch each: at a 7B shape 32 after every speculative pass); in place, no sync."""
-        torch._foreach_zero_(self._pointers)
-        if length:
-            torch._foreach_add_(self._pointers, length)
+        """Set every layer's write pointer to ``length``: one fill kernel, in place, no sync."""
+        self._pointers.fill_(length)
 
 
 class DecodeEngine:

@@ -77,7 +77,7 @@ def test_keep_cache_positions_keeps_an_accepted_tree_path(mode):
     cache = _prefilled(engine, prefix)
     engine.forward(cache, torch.tensor([tokens]), (len(prefix) + tree.node_depth)[None], tree.ancestor_mask)
     path = tree.leaf_paths[-1]  # a non-contiguous selection
-    cache.keep(len(prefix), torch.tensor([0, *path]))
+    cache.keep(len(prefix), [0, *path])
     kept = prefix + [tokens[0]] + [tokens[n] for n in path]
     assert cache.length == len(kept)
     got = engine.forward(cache, torch.tensor([[30]]), torch.tensor([[len(kept)]]))
@@ -135,3 +135,12 @@ def test_our_passes_and_the_peers_generate_run_under_the_attention_policy(monkey
     assert len(entered) == 1 + ar.stats.forward_passes  # the prefill and every decode pass
     make_decoder("hf", lm).generate([0, 23, 24], stop, greedy)
     assert len(entered) == 2 + ar.stats.forward_passes  # once around transformers' generate
+
+
+def test_a_crop_moves_every_layers_write_pointer():
+    lm = make_lm(seed=0)
+    engine = hf_compat.DecodeEngine(lm.model, "static")
+    cache = _prefilled(engine, [0, 23, 24, 25])
+    assert [int(layer.cumulative_length) for layer in cache.hf.layers] == [4] * len(cache.hf.layers)
+    cache.crop(2)
+    assert [int(layer.cumulative_length) for layer in cache.hf.layers] == [2] * len(cache.hf.layers)

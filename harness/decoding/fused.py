@@ -139,7 +139,7 @@ class FusedSdsatDecoder:
             prefix = s.cache_length
             logits = s.forward(tokens + self.adaptive_ids * len(block.anchors), prefix + block.offsets, block.allowed)
             path, bonus = walk_tree(s, tree, tokens, logits[: tree.size + 1], self.accept)
-            s.keep(prefix, torch.tensor([0, *path]))  # t0 and the accepted path
+            s.keep(prefix, [0, *path])  # t0 and the accepted path
             kept = s.emit([tokens[n] for n in path] + [bonus])
             s.pending = bonus
             s.record(drafted=tree.depth, accepted=min(len(path), kept), emitted=kept, forwards=1)

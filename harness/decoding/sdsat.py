@@ -84,7 +84,7 @@ def verify_tree(
     prefix = s.cache_length
     logits = s.forward(tokens, positions=prefix + tree.node_depth, allowed=tree.ancestor_mask)
     path, bonus = walk_tree(s, tree, tokens, logits, rule)
-    s.keep(prefix, torch.tensor([0, *path]))  # t1 and the accepted path
+    s.keep(prefix, [0, *path])  # t1 and the accepted path
     return [tokens[n] for n in path], bonus
 
 

@@ -61,7 +61,7 @@ class DecodeSession:
         """Keep the cache's first ``length`` positions."""
         self.cache.crop(length)
 
-    def keep(self, prefix: int, tail_offsets: torch.Tensor) -> None:
+    def keep(self, prefix: int, tail_offsets: Sequence[int]) -> None:
         """Keep the cache's first ``prefix`` positions and ``prefix + tail_offsets`` after them."""
         self.cache.keep(prefix, tail_offsets)
 
