@@ -182,7 +182,10 @@ class DecodeEngine:
             return "sdsat-bench engine eager: dynamic cache"
         if self.mode == "static":
             return "sdsat-bench engine static: static cache, eager"
-        graphs = ", a CUDA graph per block size" if self._graphs is not None else ""
+        graphs = ""
+        if self._graphs is not None:
+            chosen = ", ".join(f"{q}: {library}" for q, library in self._graphs.blas.items())
+            graphs = f", a CUDA graph per block size on the faster matrix library at capture ({chosen})"
         return f"sdsat-bench engine compile: static cache, torch.compile'd decode step{graphs}"
 
     def new_cache(self, needed: int) -> KVCache:

@@ -257,6 +257,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
             switch.set(v)
             speeds = decoder_speeds(lm, cfg.decoders, cfg.repeats)
             results[v]["engines"][engine] = {
+                "configuration": lm.engine.description,
                 "cost_ms": curve,
                 "decoders": speeds,
                 "ar_tokens_per_s": speeds[0]["tokens_per_s"],

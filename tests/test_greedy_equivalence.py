@@ -153,5 +153,6 @@ def test_cuda_graph_engine_emits_eager_tokens():
             lm.engine.warm_up(decoder.block_sizes(True))
             tokens[mode, name, k] = [decoder.generate(ids, stop, GREEDY).tokens for ids in prompts]
     assert "CUDA graph" in lm.engine.description
+    assert set(lm.engine._graphs.blas.values()) <= {"cublas", "cublaslt"} and lm.engine._graphs.blas
     for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5)):
         assert tokens["compile", name, k] == tokens["eager", name, k] == tokens["eager", "ar", 0]
