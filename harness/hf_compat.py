@@ -109,11 +109,11 @@ class KVCache:
         if list(tail_offsets) == list(range(n)):
             self.crop(prefix + n)
             return
-        kept = torch.tensor([prefix + t for t in tail_offsets])
+        index = torch.tensor([prefix + t for t in tail_offsets])
         for layer in self.hf.layers:
             if getattr(layer, "keys", None) is None:
                 continue
-            index = kept.to(layer.keys.device)
+            index = index.to(layer.keys.device)  # copied once: every layer after the first finds it there
             if self.static:  # in place: the buffers' addresses are baked into compiled graphs
                 layer.keys[..., prefix : prefix + n, :] = layer.keys.index_select(-2, index)
                 layer.values[..., prefix : prefix + n, :] = layer.values.index_select(-2, index)
