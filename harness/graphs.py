@@ -25,11 +25,12 @@ does (5.38 / 5.40 ms; reports/scale/7b-compile) and the 13B shape kept cuBLAS fo
 from __future__ import annotations
 
 import contextlib
-import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from harness.timing import median_ms
 
 BLAS_LIBRARIES = ("cublas", "cublaslt")
 TIMED_REPLAYS = 5  # per candidate graph, after one untimed replay
@@ -111,19 +112,14 @@ class GraphedStep:
 
 
 def _replay_ms(graph: torch.cuda.CUDAGraph, cache, length: int) -> float:
-    """Median milliseconds of a replay (each one's write-pointer advance put back)."""
-    graph.replay()
-    cache.move_pointers(length)
-    times = []
-    for _ in range(TIMED_REPLAYS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    """Median milliseconds of a replay (each one's write-pointer advance put back), after one untimed."""
+
+    def replay() -> None:
         graph.replay()
-        end.record()
         cache.move_pointers(length)
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+
+    replay()
+    return median_ms(torch.device("cuda"), replay, TIMED_REPLAYS)
 
 
 @contextlib.contextmanager

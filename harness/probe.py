@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 
 from harness import hf_compat
 from harness.errors import HarnessError
+from harness.timing import median_ms
 
 SHAPES = {
     "codellama-7b": {
@@ -142,24 +142,6 @@ class _Variant:
         self.norm.copy_(torch.zeros_like(self.initial) if variant == "all-accept" else self.initial)
 
 
-def _timed(device: torch.device, fn, repeats: int) -> float:
-    """Median milliseconds of ``fn`` over ``repeats`` calls (CUDA events on a GPU)."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
 def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
     """Milliseconds of one decode pass of ``q`` tokens over ``CONTEXT`` cached positions, per block size."""
     engine, device = lm.engine, lm.device
@@ -178,7 +160,7 @@ def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
             cache.crop(CONTEXT)
 
         one_pass()  # outside the timing: the first pass of a shape
-        curve[q] = _timed(device, one_pass, repeats)
+        curve[q] = median_ms(device, one_pass, repeats)
     return curve
 
 
@@ -220,7 +202,7 @@ def roofline(lm) -> dict:
     name = torch.cuda.get_device_name(lm.device)
     x = torch.empty(1 << 30, dtype=torch.uint8, device=lm.device)
     y = torch.empty_like(x)
-    ms = _timed(lm.device, lambda: y.copy_(x), 10)
+    ms = median_ms(lm.device, lambda: y.copy_(x), 10)
     measured = 2 * x.numel() / (ms / 1e3)  # a copy reads and writes every byte
     out["bandwidth_measured"] = measured
     out["step_ms_measured_bandwidth"] = weights / measured * 1e3

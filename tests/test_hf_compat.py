@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -118,8 +120,6 @@ def test_gpu_attention_leaves_cudnn_out_and_restores_the_flags():
 
 
 def test_our_passes_and_the_peers_generate_run_under_the_attention_policy(monkeypatch):
-    import contextlib
-
     from harness.decoding import SamplingParams, StopCondition, make_decoder
 
     entered = []
