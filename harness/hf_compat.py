@@ -177,16 +177,19 @@ class DecodeEngine:
 
     @property
     def description(self) -> str:
-        """The configuration our decoders run on, as a record states it."""
+        """The configuration our decoders run on, as a record states it (the attention kernel where it
+        is not sdpa)."""
+        attention = getattr(self.model.config, "_attn_implementation", "sdpa")
+        attention = "" if attention == "sdpa" else f", {attention} attention"
         if self.mode == "eager":
-            return "sdsat-bench engine eager: dynamic cache"
+            return f"sdsat-bench engine eager: dynamic cache{attention}"
         if self.mode == "static":
-            return "sdsat-bench engine static: static cache, eager"
+            return f"sdsat-bench engine static: static cache, eager{attention}"
         graphs = ""
         if self._graphs is not None:
             chosen = ", ".join(f"{q}: {library}" for q, library in self._graphs.blas.items())
             graphs = f", a CUDA graph per block size on the faster matrix library at capture ({chosen})"
-        return f"sdsat-bench engine compile: static cache, torch.compile'd decode step{graphs}"
+        return f"sdsat-bench engine compile: static cache, torch.compile'd decode step{attention}{graphs}"
 
     def new_cache(self, needed: int) -> KVCache:
         """An empty cache with room for ``needed`` positions (the static one is reused)."""

@@ -11,23 +11,13 @@ Checkpoints without it get their ids from ``--adaptive-tokens``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from harness import hf_compat
 from harness.errors import HarnessError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MODELS_DIR = REPO_ROOT / "models"
-# Names that --model resolves inside models/ (the shipped checkpoints of the default recipe).
-DEFAULT_MODELS = {
-    "default": "sdsat-tiny-code-sdsat",
-    "default-base": "sdsat-tiny-code-base",
-    "default-draft": "sdsat-tiny-code-draft",  # the hf-assisted peer's draft model
-}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 # CodeLlama's infilling tokens, then the names our recipe's tokenizer uses.
 KNOWN_FIM_TOKENS = (
@@ -133,43 +123,6 @@ def fim_from_tokenizer(tokenizer) -> FimSpec | None:
     return None
 
 
-def resolve_model_path(spec: str) -> str:
-    """'default'/'default-base' -> shipped checkpoint; an existing directory -> itself; else a hub id."""
-    if spec in DEFAULT_MODELS:
-        path = MODELS_DIR / DEFAULT_MODELS[spec]
-        if not (path / "config.json").exists():
-            raise HarnessError(f"the default model is not shipped in this checkout (expected {path})")
-        return str(path)
-    if os.path.isdir(spec):
-        if not os.path.exists(os.path.join(spec, "config.json")):
-            raise HarnessError(f"model directory '{spec}' has no config.json")
-        return spec
-    if os.path.exists(spec) or spec.startswith(("/", "./", "../", "~")) or spec.count("/") > 1:
-        raise HarnessError(f"model directory not found: {spec}")
-    _check_hub_model(spec)
-    return spec  # a hub id
-
-
-def _check_hub_model(spec: str) -> None:
-    """A hub id must be in the hub's local cache, or the hub must be reachable: say so at once, in
-    one line, rather than after transformers' retries (about 95 s here)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(spec, "config.json"), str):
-        return
-    missing = f"no local model '{spec}' (not a directory, not in the hub's cache)"
-    if constants.HF_HUB_OFFLINE:
-        raise HarnessError(f"{missing} and the hub is offline (HF_HUB_OFFLINE is set)")
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=3).close()
-    except OSError:
-        raise HarnessError(f"{missing} and the hub cannot be reached from this machine") from None
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise HarnessError("--device cuda: no CUDA device is available on this machine")
@@ -186,7 +139,7 @@ def load_model(
     attn_implementation: str = "sdpa",
     engine: str = "auto",
 ) -> LoadedModel:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from harness import weights
 
     if engine not in ("auto", *hf_compat.ENGINES):
         raise HarnessError(f"--engine: expected auto or one of {', '.join(hf_compat.ENGINES)}, got '{engine}'")
@@ -195,13 +148,7 @@ def load_model(
     torch_device = resolve_device(device)
     if engine == "auto":  # compiled decode steps pay on a GPU; on a CPU compilation costs more than it saves
         engine = "compile" if torch_device.type == "cuda" else "eager"
-    path = resolve_model_path(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
-    except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HarnessError(f"cannot load model '{spec}': {first_line}") from None
+    model, tokenizer = weights.open_model(weights.resolve(spec), DTYPES[dtype], attn_implementation)
     model.to(torch_device).eval()
     adaptive = (
         parse_adaptive_tokens(adaptive_tokens, model.config.vocab_size)

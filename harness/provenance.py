@@ -1,24 +1,10 @@
-"""Where a run's numbers come from: the weights (hashed) and the machine (software and devices)."""
+"""Where a run's numbers come from: the machine (software and devices); weights are hashed by harness.weights."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import sys
-from pathlib import Path
-
-
-def model_hash(path: str) -> str | None:
-    """sha256 over the weight files of a local checkpoint (None for a hub id)."""
-    root = Path(path)
-    if not root.is_dir():
-        return None
-    h = hashlib.sha256()
-    for f in sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin")):
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def machine() -> dict:

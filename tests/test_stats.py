@@ -97,9 +97,9 @@ def test_sink_windowed_stop_check_agrees_with_full_decodes(seed):
 
     from transformers import AutoTokenizer
 
-    from harness.models import DEFAULT_MODELS, MODELS_DIR
+    from harness.weights import MODELS_DIR, SHIPPED
 
-    tokenizer = AutoTokenizer.from_pretrained(MODELS_DIR / DEFAULT_MODELS["default"])
+    tokenizer = AutoTokenizer.from_pretrained(MODELS_DIR / SHIPPED["default"])
     rng = random.Random(seed)
     text = "def f(x):\n    # ü→ 数 émoji 🙂\n    return x\n\n" * 3
     pieces = tokenizer(text, add_special_tokens=False).input_ids

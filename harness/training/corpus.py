@@ -35,7 +35,7 @@ WORD = re.compile(r"\w+|[^\w\s]")
 NGRAM = 13
 MIN_BYTES, MAX_BYTES = 200, 200_000
 
-_EVAL_NGRAMS: set[int] = set()  # filled before the worker pool forks
+_EVAL_NGRAMS: set[int] = set()  # filled (by _load_eval_ngrams) before a worker pool forks
 
 
 def ngram_hashes(text: str, n: int = NGRAM) -> set[int]:
@@ -117,6 +117,59 @@ def find_sources(roots: Iterable[str], max_bytes_per_lang: dict[str, int]) -> li
     return sorted(found, key=lambda item: hashlib.sha1(item[0].encode()).digest())
 
 
+class _Split:
+    """Kept documents, written to ``train.jsonl`` or ``heldout.jsonl`` by their content hash (the same
+    document always lands in the same split), after exact deduplication; and the manifest's counts."""
+
+    def __init__(self, out: Path, heldout_per_mille: int):
+        self.out, self.heldout_per_mille = out, heldout_per_mille
+        self.seen: set[str] = set()
+        self.rejected: Counter = Counter()
+        self.files: list[dict] = []
+        self.per_lang: Counter = Counter()
+
+    def __enter__(self) -> _Split:
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.train = open(self.out / "train.jsonl", "w")  # closed in __exit__
+        self.heldout = open(self.out / "heldout.jsonl", "w")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.train.close()
+        self.heldout.close()
+
+    def add(self, path: str, lang: str, reason: str | None, digest: str, text: str) -> None:
+        if reason is None and digest in self.seen:
+            reason = "duplicate"
+        if reason:
+            self.rejected[reason] += 1
+            return
+        self.seen.add(digest)
+        split = "heldout" if int(digest[:8], 16) % 1000 < self.heldout_per_mille else "train"
+        (self.heldout if split == "heldout" else self.train).write(json.dumps({"lang": lang, "text": text}) + "\n")
+        self.files.append({"path": path, "sha256": digest, "lang": lang, "bytes": len(text), "split": split})
+        self.per_lang[lang] += len(text)
+
+    def manifest(self, **facts) -> dict:
+        manifest = {
+            **facts,
+            "eval_ngrams": len(_EVAL_NGRAMS),
+            "ngram": NGRAM,
+            "kept": len(self.files),
+            "rejected": dict(self.rejected),
+            "bytes_per_lang": dict(self.per_lang),
+            "files": self.files,
+        }
+        (self.out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        return manifest
+
+
+def _load_eval_ngrams(data_dir: str | None, humaneval_path: str | None) -> None:
+    """Filled before a worker pool forks, so that every worker checks against it."""
+    global _EVAL_NGRAMS
+    _EVAL_NGRAMS = set().union(*(ngram_hashes(t) for t in eval_texts(data_dir, humaneval_path)))
+
+
 def build_corpus(
     roots: list[str],
     out_dir: str | Path,
@@ -127,45 +180,54 @@ def build_corpus(
     workers: int | None = None,
 ) -> dict:
     """Write ``train.jsonl``, ``heldout.jsonl`` (``{"lang", "text"}`` per line) and ``manifest.json``."""
-    global _EVAL_NGRAMS
-    _EVAL_NGRAMS = set().union(*(ngram_hashes(t) for t in eval_texts(data_dir, humaneval_path)))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _load_eval_ngrams(data_dir, humaneval_path)
     candidates = find_sources(roots, max_bytes_per_lang)
-    seen: set[str] = set()
-    rejected: Counter = Counter()
-    files, per_lang = [], Counter()
-    with (
-        Pool(workers) as pool,
-        open(out / "train.jsonl", "w") as train,
-        open(out / "heldout.jsonl", "w") as heldout,
-    ):
-        for path, lang, reason, digest, text in pool.imap(_examine, candidates, chunksize=64):
-            if reason is None and digest in seen:
-                reason = "duplicate"
-            if reason:
-                rejected[reason] += 1
-                continue
-            seen.add(digest)
-            split = "heldout" if int(digest[:8], 16) % 1000 < heldout_per_mille else "train"
-            (heldout if split == "heldout" else train).write(json.dumps({"lang": lang, "text": text}) + "\n")
-            files.append({"path": path, "sha256": digest, "lang": lang, "bytes": len(text), "split": split})
-            per_lang[lang] += len(text)
-    manifest = {
-        "roots": roots,
-        "eval_ngrams": len(_EVAL_NGRAMS),
-        "ngram": NGRAM,
-        "candidates": len(candidates),
-        "kept": len(files),
-        "rejected": dict(rejected),
-        "bytes_per_lang": dict(per_lang),
-        "files": files,
-    }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    return manifest
+    with Pool(workers) as pool, _Split(Path(out_dir), heldout_per_mille) as split:
+        for found in pool.imap(_examine, candidates, chunksize=64):
+            split.add(*found)
+    return split.manifest(roots=roots, candidates=len(candidates))
+
+
+def corpus_from_documents(
+    files: list[str],
+    out_dir: str | Path,
+    data_dir: str | None = None,
+    humaneval_path: str | None = None,
+    heldout_per_mille: int = 10,
+) -> dict:
+    """The same outputs from JSON-lines files of ``{"text": ..., "lang"?: ...}`` documents (``--corpus``;
+    e.g. another work directory's ``corpus/train.jsonl``): kept as they are, but for exact duplicates
+    and documents that overlap an evaluation set."""
+    _load_eval_ngrams(data_dir, humaneval_path)
+    candidates = 0
+    with _Split(Path(out_dir), heldout_per_mille) as split:
+        for file in files:
+            for number, doc in enumerate(read_corpus(file), 1):
+                candidates += 1
+                text = doc["text"]
+                contaminated = _EVAL_NGRAMS and not _EVAL_NGRAMS.isdisjoint(ngram_hashes(text))
+                digest = hashlib.sha256(text.encode()).hexdigest()
+                split.add(
+                    f"{file}:{number}", doc.get("lang", "text"), "contaminated" if contaminated else None, digest, text
+                )
+    return split.manifest(corpus=files, candidates=candidates)
 
 
 def read_corpus(path: str | Path) -> Iterator[dict]:
-    with open(path) as f:
-        for line in f:
-            yield json.loads(line)
+    """The documents of a JSON-lines file; a line that is not a document is one line of error."""
+    from harness.errors import HarnessError
+
+    try:
+        with open(path) as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    doc = None
+                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                    raise HarnessError(f"{path}:{number}: not a JSON document with a 'text' string")
+                yield doc
+    except OSError as exc:
+        raise HarnessError(f"cannot read corpus file {path}: {exc.strerror}") from None

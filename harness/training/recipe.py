@@ -4,10 +4,7 @@ was cut off resumes, and the stages can be split over several calls of a lent GP
 
 from __future__ import annotations
 
-import gzip
-import itertools
 import json
-import time
 from functools import partial
 from pathlib import Path
 
@@ -17,23 +14,16 @@ import torch
 from harness.training import STAGES
 from harness.training.checkpoint import adaptive_spec_for, llama_config, save_checkpoint
 from harness.training.config import RecipeConfig
-from harness.training.corpus import build_corpus, read_corpus
+from harness.training.corpus import read_corpus
 from harness.training.data import encode_documents
+from harness.training.evaluation import greedy_acceptance, heldout_metrics, humaneval_prompts
+from harness.training.stages import StageRunner
 from harness.training.tokenizer import train_bpe_tokenizer
-from harness.training.train import TrainConfig, heldout_metrics, train
+from harness.training.train import TrainConfig, train
 
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
 VARIANTS = {"sdsat": {"mode": "sdsat"}, "sdsat-distill": {"mode": "sdsat", "distill": True}, "naive": {"mode": "naive"}}
-
-
-def _humaneval_prompts(path: str | None, limit: int) -> list[str]:
-    if not path or not Path(path).exists():
-        return []
-    from harness.prompting import free_prompt
-
-    with gzip.open(path, "rt") as f:  # the whitespace rule, as in run (harness.prompting)
-        return [free_prompt(json.loads(line)["prompt"]) for line in itertools.islice(f, limit)]
 
 
 def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
@@ -43,23 +33,12 @@ def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
     _Recipe(cfg, stages, log).run()
 
 
-class _Recipe:
-    """One recipe run: where each stage writes under ``cfg.work``, and the stages themselves."""
+class _Recipe(StageRunner):
+    """One run of the from-scratch recipe: its stages."""
 
     def __init__(self, cfg: RecipeConfig, stages: tuple[str, ...], log):
-        from harness.distributed import current_shard
-
-        self.cfg, self.stages, self.log = cfg, stages, log
-        cuda = torch.cuda.is_available()
-        self.shard = current_shard(cpu=not cuda)
-        self.device = torch.device(self.shard.device("cuda" if cuda else "cpu"))
-        self.work = Path(cfg.work)
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.corpus_dir, self.tok_dir = self.work / "corpus", self.work / "tokenizer"
-        self.base_dir, self.sdsat_dir, self.draft_dir = self.work / "base", self.work / "sdsat", self.work / "draft"
-        timings = self.work / "timings.json"
-        self.timings = json.loads(timings.read_text()) if timings.exists() else {}
-        self.tokenizer = self.adaptive = None
+        super().__init__(cfg, stages, log)
+        self.base_dir, self.draft_dir = self.work / "base", self.work / "draft"
 
     def run(self) -> None:
         cfg, work = self.cfg, self.work
@@ -78,23 +57,6 @@ class _Recipe:
             self.stage("evaluate", None, partial(evaluate, cfg, work, self.device.type, self.log))
         variants = partial(compare, cfg, work, self.adaptive, self.device, self.shard.is_main, self.log)
         self.stage("compare", work / "compare.json", variants, every_process=True)
-
-    def stage(self, name: str, output: Path | None, fn, every_process: bool = False) -> None:
-        """Run ``fn`` unless the stage was not asked for or its ``output`` exists (a finished stage)."""
-        shard = self.shard
-        if name in self.stages and (output is None or not output.exists()) and (every_process or shard.is_main):
-            t0 = time.perf_counter()
-            fn()
-            if shard.is_main:
-                self.timings[name] = time.perf_counter() - t0
-                (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
-                self.log(f"[recipe] {name}: {self.timings[name]:.1f}s")
-        shard.wait()  # every process sees the same finished stages
-
-    def make_corpus(self) -> None:
-        cfg = self.cfg
-        budget = {lang: int(mb * 1e6) for lang, mb in cfg.mb_per_lang.items()}
-        build_corpus(list(cfg.roots), self.corpus_dir, budget, cfg.data_dir, cfg.humaneval_path)
 
     def make_tokenizer(self) -> None:
         budget = self.cfg.tokenizer_sample_mb * 1e6
@@ -122,17 +84,6 @@ class _Recipe:
         manifest["train_tokens"] = int(np.load(work / "train.npy", mmap_mode="r").shape[0])
         manifest["heldout_tokens"] = int(np.load(work / "heldout.npy", mmap_mode="r").shape[0])
         (self.corpus_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-    def budget(self, minutes: float) -> dict:
-        """A fixed number of optimiser steps if asked for, else a time budget."""
-        if self.cfg.max_steps:
-            return {"max_steps": self.cfg.max_steps, "time_budget_s": None}
-        return {"time_budget_s": minutes * 60}
-
-    def train_config(self, mode: str, lr: float, minutes: float, seed_offset: int = 0, **more) -> TrainConfig:
-        cfg = self.cfg
-        common = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "bf16": cfg.bf16}
-        return TrainConfig(mode=mode, lr=lr, seed=cfg.seed + seed_offset, **common, **self.budget(minutes), **more)
 
     def save(self, model, out_dir: Path, name: str, summary: dict, spec) -> None:
         if self.shard.is_main:
@@ -169,27 +120,6 @@ class _Recipe:
         self.save(model, self.sdsat_dir, "sdsat", summary, self.adaptive)
 
 
-def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
-    """Pooled accept rate and tokens per forward pass of the two-step greedy decoder over prompts."""
-    from harness.decoding import SamplingParams, make_decoder
-    from harness.prompting import encode, stop_condition
-    from harness.tasks import get_task
-
-    decoder = make_decoder("sdsat", lm, k=k)
-    stop = stop_condition(lm, max_new_tokens, get_task("humaneval").stop)  # run's HumanEval stop strings
-    acc = dra = new = fwd = 0
-    for prompt in prompts:
-        st = decoder.generate(encode(lm.tokenizer, prompt), stop, SamplingParams()).stats
-        acc, dra, new, fwd = acc + st.accepted, dra + st.drafted, new + st.new_tokens, fwd + st.forward_passes
-    return {
-        "accept_rate": acc / dra if dra else None,
-        "tokens_per_forward": new / fwd if fwd else None,
-        "new_tokens": new,
-        "forward_passes": fwd,
-        "prompts": len(prompts),
-    }
-
-
 def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, is_main: bool = True, log=print) -> dict:
     """Fine-tune the base with each of VARIANTS for the same time; record standard-token loss curves
     (the paper's Figure 5 compares ours with naive insertion), held-out loss without adaptive tokens,
@@ -202,7 +132,7 @@ def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, is_ma
     stream = np.asarray(np.load(work / "train.npy", mmap_mode="r"))
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
     tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
-    prompts = _humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
+    prompts = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
     ids = list(adaptive.token_ids)
     results = {}
     for name, overrides in VARIANTS.items():
@@ -245,7 +175,7 @@ def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
         results[name] = heldout_metrics(lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
         log(f"[evaluate] {name}: {results[name]}")
     # lm is the SDSAT model now
-    prompts = _humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
+    prompts = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
     per_k = {}
     for k in range(0, min(10, lm.adaptive.max_k) + 1):
         per_k[k] = greedy_acceptance(lm, prompts, k, cfg.eval_max_new_tokens)

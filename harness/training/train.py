@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator, DistributedType
 
 from harness import hf_compat
-from harness.training.data import sample_windows
+from harness.training.data import take_windows, window_starts
 from harness.training.sdsat_batches import IGNORE, build_naive_batch, build_sdsat_batch
 
 
@@ -35,34 +35,41 @@ class TrainConfig:
     n_groups: int = 16  # sdsat: adaptive groups per sequence
     adaptive_weight: float = 1.0  # sdsat: lambda
     distill: bool = False  # sdsat: adaptive targets = the model's own standard distribution at i+j (detached)
+    # With a teacher (a retrofit's frozen base), standard tokens of plain documents learn the teacher's
+    # distribution (KL), so they keep the base's predictions; FIM-formatted documents, which the base
+    # cannot read (their tokens are new), keep the corpus labels.
     log_every: int = 50
     seed: int = 0
     bf16: bool = True
     grad_accum: int = 1  # micro-batches of batch_size per optimiser step (per process)
 
 
-def _ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
 
-def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int] | None, gen=None) -> dict:
-    """Losses of one batch. Pretraining: next-token CE. SDSAT: standard CE + lambda * adaptive CE."""
+def step_losses(
+    model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int] | None, gen=None, teacher=None, fim=None
+) -> dict:
+    """Losses of one batch. Pretraining: next-token CE. SDSAT: standard loss + lambda * adaptive loss,
+    the standard one against the labels, or with ``teacher`` (x -> logits) against its distribution
+    where ``fim`` (B, T bool: FIM-formatted positions) is False."""
     if cfg.mode == "pretrain":
         logits = model(input_ids=x).logits
-        std = _ce(logits[:, :-1], x[:, 1:])
+        std = cross_entropy(logits[:, :-1], x[:, 1:])
         return {"loss": std, "standard": std}
     if cfg.mode == "naive":
         batch = build_naive_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
         logits = model(input_ids=batch.input_ids).logits
         std_mask = batch.is_standard
-        std = _ce(logits[std_mask], batch.targets[std_mask])
-        ada = _ce(logits[~std_mask], batch.targets[~std_mask])
+        std = cross_entropy(logits[std_mask], batch.targets[std_mask])
+        ada = cross_entropy(logits[~std_mask], batch.targets[~std_mask])
         return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
     batch = build_sdsat_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
     mask = hf_compat.batch_mask(_unwrapped(model), batch.allowed)
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits
     t = batch.seq_len
-    std = _ce(logits[:, :t], batch.targets[:, :t])
+    std = _standard_loss(logits[:, :t], batch.targets[:, :t], x, teacher, fim)
     if cfg.distill:
         # A_j stands for position i+j: its target is what the standard token there predicts.
         teacher = logits[:, :t].detach().float().softmax(-1)
@@ -71,8 +78,21 @@ def step_losses(model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int
         valid = batch.targets[:, t:] != IGNORE
         ada = -(soft * logits[:, t:].float().log_softmax(-1)).sum(-1)[valid].mean()
     else:
-        ada = _ce(logits[:, t:], batch.targets[:, t:])
+        ada = cross_entropy(logits[:, t:], batch.targets[:, t:])
     return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
+
+
+def _standard_loss(logits, targets, x, teacher, fim) -> torch.Tensor:
+    """Mean over positions with a target: KL(teacher || model) where the teacher applies, else CE."""
+    if teacher is None:
+        return cross_entropy(logits, targets)
+    with torch.no_grad():
+        p = teacher(x).float().softmax(-1)
+    logp = logits.float().log_softmax(-1)
+    kl = (p * (p.clamp_min(1e-30).log() - logp)).sum(-1)
+    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+    per_position = torch.where(fim, ce, kl) if fim is not None else kl
+    return per_position[targets != IGNORE].mean()
 
 
 def _unwrapped(model):
@@ -82,8 +102,9 @@ def _unwrapped(model):
 
 def _optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW; no weight decay on vectors (norms, biases)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    trained = [p for p in model.parameters() if p.requires_grad]  # a LoRA model trains its adapters only
+    decay = [p for p in trained if p.ndim >= 2]
+    no_decay = [p for p in trained if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available())
 
@@ -124,9 +145,18 @@ class _Clock:
         return out
 
 
-def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, adaptive_ids: list[int] | None = None):
+def train(
+    model,
+    stream: np.ndarray,
+    cfg: TrainConfig,
+    log_path: str | Path,
+    adaptive_ids: list[int] | None = None,
+    teacher=None,
+    fim: np.ndarray | None = None,
+):
     """Train ``model`` on windows of ``stream`` for ``cfg.max_steps`` or the time budget; returns the
-    trained model (one plain module) and a summary."""
+    trained model (one plain module) and a summary. ``teacher`` and ``fim`` (a bool per stream
+    position): see :func:`step_losses`."""
     cuda = torch.cuda.is_available()
     # Under accelerate launch / torchrun without CUDA the processes train on CPU over gloo.
     accelerator = Accelerator(
@@ -139,13 +169,16 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
     model, opt = accelerator.prepare(model, _optimizer(model, cfg))
     model.train()
     clock, total, step, tokens_seen = _Clock(cfg, accelerator), cfg.max_steps, 0, 0
+    device = accelerator.device
     with open(log_path, "w") as log:
         while step < total:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step, total)
             for _ in range(cfg.grad_accum):
-                x = torch.from_numpy(sample_windows(stream, cfg.batch_size, cfg.seq_len, rng)).to(accelerator.device)
-                losses = _micro_step(accelerator, model, opt, x, cfg, adaptive_ids, gen)
+                starts = window_starts(len(stream), cfg.batch_size, cfg.seq_len, rng)
+                x = torch.from_numpy(take_windows(stream, starts, cfg.seq_len)).to(device)
+                f = None if fim is None else torch.from_numpy(take_windows(fim, starts, cfg.seq_len)).to(device)
+                losses = _micro_step(accelerator, model, opt, x, cfg, adaptive_ids, gen, teacher, f)
                 tokens_seen += x.numel() * accelerator.num_processes
             step += 1
             total = clock.total_after(step, total, tokens_seen)
@@ -161,10 +194,10 @@ def train(model, stream: np.ndarray, cfg: TrainConfig, log_path: str | Path, ada
     return _gathered(accelerator, model), summary
 
 
-def _micro_step(accelerator, model, opt, x, cfg: TrainConfig, adaptive_ids, gen) -> dict:
+def _micro_step(accelerator, model, opt, x, cfg: TrainConfig, adaptive_ids, gen, teacher, fim) -> dict:
     """One micro-batch's forward and backward; the optimiser steps where accumulation syncs."""
     with accelerator.accumulate(model), accelerator.autocast():
-        losses = step_losses(model, x, cfg, adaptive_ids, gen)
+        losses = step_losses(model, x, cfg, adaptive_ids, gen, teacher, fim)
         accelerator.backward(losses["loss"])
         if accelerator.sync_gradients:
             accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -195,46 +228,3 @@ def _gathered(accelerator: Accelerator, model):
         plain.load_state_dict(full)
         model = plain.to(accelerator.device)
     return model.eval()
-
-
-@torch.no_grad()
-def heldout_metrics(
-    model,
-    stream: np.ndarray,
-    seq_len: int,
-    adaptive_ids: list[int] | None,
-    n_batches: int = 20,
-    batch_size: int = 32,
-    n_groups: int = 16,
-    seed: int = 123,
-) -> dict:
-    """Standard-token loss (nats/token) on held-out windows; with adaptive ids also the draft accuracy
-    per offset (top-1 of A_j equals x_{i+j+1})."""
-    device = next(model.parameters()).device
-    if len(stream) < 64:
-        return {"heldout_standard_loss": None, "note": f"held-out split too small ({len(stream)} tokens)"}
-    seq_len = min(seq_len, len(stream) - 1)  # a tiny held-out split (tests) still gives windows
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
-    std_losses, hits, counts = [], None, None
-    for _ in range(n_batches):
-        x = torch.from_numpy(sample_windows(stream, batch_size, seq_len, rng)).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(input_ids=x).logits
-            std_losses.append(float(_ce(logits[:, :-1], x[:, 1:])))
-            if adaptive_ids:
-                b = build_sdsat_batch(x, adaptive_ids, n_groups, generator=gen)
-                mask = hf_compat.batch_mask(model, b.allowed)
-                lg = model(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=mask).logits
-                t, k = b.seq_len, len(adaptive_ids)
-                pred = lg[:, t:].argmax(-1).reshape(x.shape[0], n_groups, k)
-                tgt = b.targets[:, t:].reshape(x.shape[0], n_groups, k)
-                valid = tgt != IGNORE
-                h = ((pred == tgt) & valid).sum(dim=(0, 1)).cpu()
-                c = valid.sum(dim=(0, 1)).cpu()
-                hits = h if hits is None else hits + h
-                counts = c if counts is None else counts + c
-    out = {"heldout_standard_loss": float(np.mean(std_losses))}
-    if hits is not None:
-        out["draft_accuracy_per_offset"] = (hits / counts.clamp(min=1)).tolist()
-    return out

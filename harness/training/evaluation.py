@@ -1,0 +1,90 @@
+"""What a trained SDSAT model is measured by during training: held-out standard-token loss, draft
+accuracy per offset, and the two-step greedy decoder's accept rate on HumanEval prompts."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness import hf_compat
+from harness.training.data import sample_windows
+from harness.training.sdsat_batches import IGNORE, build_sdsat_batch
+from harness.training.train import cross_entropy
+
+
+def humaneval_prompts(path: str | None, limit: int) -> list[str]:
+    if not path or not Path(path).exists():
+        return []
+    from harness.prompting import free_prompt
+
+    with gzip.open(path, "rt") as f:  # the whitespace rule, as in run (harness.prompting)
+        return [free_prompt(json.loads(line)["prompt"]) for line in itertools.islice(f, limit)]
+
+
+def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
+    """Pooled accept rate and tokens per forward pass of the two-step greedy decoder over prompts."""
+    from harness.decoding import SamplingParams, make_decoder
+    from harness.prompting import encode, stop_condition
+    from harness.tasks import get_task
+
+    decoder = make_decoder("sdsat", lm, k=k)
+    stop = stop_condition(lm, max_new_tokens, get_task("humaneval").stop)  # run's HumanEval stop strings
+    acc = dra = new = fwd = 0
+    for prompt in prompts:
+        st = decoder.generate(encode(lm.tokenizer, prompt), stop, SamplingParams()).stats
+        acc, dra, new, fwd = acc + st.accepted, dra + st.drafted, new + st.new_tokens, fwd + st.forward_passes
+    return {
+        "accept_rate": acc / dra if dra else None,
+        "tokens_per_forward": new / fwd if fwd else None,
+        "new_tokens": new,
+        "forward_passes": fwd,
+        "prompts": len(prompts),
+    }
+
+
+@torch.no_grad()
+def heldout_metrics(
+    model,
+    stream: np.ndarray,
+    seq_len: int,
+    adaptive_ids: list[int] | None,
+    n_batches: int = 20,
+    batch_size: int = 32,
+    n_groups: int = 16,
+    seed: int = 123,
+) -> dict:
+    """Standard-token loss (nats/token) on held-out windows; with adaptive ids also the draft accuracy
+    per offset (top-1 of A_j equals x_{i+j+1})."""
+    device = next(model.parameters()).device
+    if len(stream) < 64:
+        return {"heldout_standard_loss": None, "note": f"held-out split too small ({len(stream)} tokens)"}
+    seq_len = min(seq_len, len(stream) - 1)  # a tiny held-out split (tests) still gives windows
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator().manual_seed(seed)
+    std_losses, hits, counts = [], None, None
+    for _ in range(n_batches):
+        x = torch.from_numpy(sample_windows(stream, batch_size, seq_len, rng)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(input_ids=x).logits
+            std_losses.append(float(cross_entropy(logits[:, :-1], x[:, 1:])))
+            if adaptive_ids:
+                b = build_sdsat_batch(x, adaptive_ids, n_groups, generator=gen)
+                mask = hf_compat.batch_mask(model, b.allowed)
+                lg = model(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=mask).logits
+                t, k = b.seq_len, len(adaptive_ids)
+                pred = lg[:, t:].argmax(-1).reshape(x.shape[0], n_groups, k)
+                tgt = b.targets[:, t:].reshape(x.shape[0], n_groups, k)
+                valid = tgt != IGNORE
+                h = ((pred == tgt) & valid).sum(dim=(0, 1)).cpu()
+                c = valid.sum(dim=(0, 1)).cpu()
+                hits = h if hits is None else hits + h
+                counts = c if counts is None else counts + c
+    out = {"heldout_standard_loss": float(np.mean(std_losses))}
+    if hits is not None:
+        out["draft_accuracy_per_offset"] = (hits / counts.clamp(min=1)).tolist()
+    return out

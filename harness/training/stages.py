@@ -1,0 +1,66 @@
+"""What both training recipes share: stages that write under ``--work`` and are skipped when their
+output exists (a run that was cut off resumes, and stages can be split over several calls of a lent
+GPU), the process layout under ``accelerate launch``, the corpus stage and the training budget."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from harness.training.config import RecipeConfig
+from harness.training.corpus import build_corpus
+from harness.training.train import TrainConfig
+
+
+class StageRunner:
+    """One recipe run: where each stage writes under ``cfg.work``, and how a stage runs."""
+
+    def __init__(self, cfg: RecipeConfig, stages: tuple[str, ...], log):
+        from harness.distributed import current_shard
+
+        self.cfg, self.stages, self.log = cfg, stages, log
+        cuda = torch.cuda.is_available()
+        self.shard = current_shard(cpu=not cuda)
+        self.device = torch.device(self.shard.device("cuda" if cuda else "cpu"))
+        self.work = Path(cfg.work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.corpus_dir, self.tok_dir, self.sdsat_dir = (
+            self.work / "corpus",
+            self.work / "tokenizer",
+            self.work / "sdsat",
+        )
+        timings = self.work / "timings.json"
+        self.timings = json.loads(timings.read_text()) if timings.exists() else {}
+        self.tokenizer = self.adaptive = None
+
+    def stage(self, name: str, output: Path | None, fn, every_process: bool = False) -> None:
+        """Run ``fn`` unless the stage was not asked for or its ``output`` exists (a finished stage)."""
+        shard = self.shard
+        if name in self.stages and (output is None or not output.exists()) and (every_process or shard.is_main):
+            t0 = time.perf_counter()
+            fn()
+            if shard.is_main:
+                self.timings[name] = time.perf_counter() - t0
+                (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
+                self.log(f"[train] {name}: {self.timings[name]:.1f}s")
+        shard.wait()  # every process sees the same finished stages
+
+    def make_corpus(self) -> None:
+        cfg = self.cfg
+        budget = {lang: int(mb * 1e6) for lang, mb in cfg.mb_per_lang.items()}
+        build_corpus(list(cfg.roots), self.corpus_dir, budget, cfg.data_dir, cfg.humaneval_path)
+
+    def budget(self, minutes: float) -> dict:
+        """A fixed number of optimiser steps if asked for, else a time budget."""
+        if self.cfg.max_steps:
+            return {"max_steps": self.cfg.max_steps, "time_budget_s": None}
+        return {"time_budget_s": minutes * 60}
+
+    def train_config(self, mode: str, lr: float, minutes: float, seed_offset: int = 0, **more) -> TrainConfig:
+        cfg = self.cfg
+        common = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "bf16": cfg.bf16}
+        settings = {**common, **self.budget(minutes), **more}  # ``more`` may override a common setting
+        return TrainConfig(mode=mode, lr=lr, seed=cfg.seed + seed_offset, **settings)
