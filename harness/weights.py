@@ -200,9 +200,28 @@ def open_tokenizer(source: Source):
     from transformers import AutoTokenizer
 
     try:
-        return _call(source, AutoTokenizer.from_pretrained)
+        tokenizer = _call(source, AutoTokenizer.from_pretrained)
     except HarnessError as exc:
         raise HarnessError(f"'{source.spec}' has no usable tokenizer: {exc}") from None
+    if source.kind == "gguf":
+        _gguf_special_tokens(tokenizer, Path(source.path))
+    return tokenizer
+
+
+# llama.cpp's metadata keys of a GGUF file's special token ids, and the tokenizer attribute of each.
+_GGUF_SPECIALS = {"bos": "bos_token", "eos": "eos_token", "unknown": "unk_token", "padding": "pad_token"}
+
+
+def _gguf_special_tokens(tokenizer, path: Path) -> None:
+    """Special tokens as the GGUF file declares them. transformers' reading of them differs between
+    releases: 5.17 makes SmolLM2's EOS its BOS (<|im_start|>), 5.23 reads <|im_end|>, as the file says."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    for key, attribute in _GGUF_SPECIALS.items():
+        field = fields.get(f"tokenizer.ggml.{key}_token_id")
+        if field is not None:
+            setattr(tokenizer, attribute, tokenizer.convert_ids_to_tokens(int(field.parts[field.data[0]][0])))
 
 
 def open_plain(source: Source, dtype: torch.dtype, attn_implementation: str = "sdpa"):

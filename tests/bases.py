@@ -115,3 +115,34 @@ def write_llama_gguf(path: Path, seed: int = 0) -> Path:
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def save_sentencepiece_base(root: Path, seed: int = 0) -> Path:
+    """A tiny Llama whose tokenizer is only a sentencepiece model (``tokenizer.model``), as older
+    Llama-family checkpoints ship it."""
+    import sentencepiece
+
+    out = root / "llama-sentencepiece"
+    out.mkdir(parents=True)
+    text = out / "corpus.txt"
+    text.write_text("\n".join(p.read_text() for p in sorted(SOURCES.rglob("*.py"))))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(text),
+        model_prefix=str(out / "tokenizer"),
+        vocab_size=400,
+        model_type="bpe",
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    text.unlink()
+    (out / "tokenizer.vocab").unlink()
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    (out / "tokenizer_config.json").write_text(json.dumps(config))
+    llama = AutoConfig.for_model("llama", vocab_size=400, bos_token_id=1, eos_token_id=2, **_SMALL)
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(llama).save_pretrained(out)
+    return out

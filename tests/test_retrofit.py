@@ -19,7 +19,7 @@ from harness.models import fim_from_tokenizer, load_model
 from harness.prompting import encode
 from harness.training.data import fim_positions
 from harness.training.train import _standard_loss
-from tests.bases import ARCHITECTURES, SOURCES, save_base, write_llama_gguf
+from tests.bases import ARCHITECTURES, SOURCES, save_base, save_sentencepiece_base, write_llama_gguf
 
 # The hidden check's command line, with a short evaluation so that each test takes seconds.
 QUICK = [
@@ -110,6 +110,13 @@ def test_lora_adapter_applies_to_its_checked_base(architecture, bases, tmp_path,
         assert code == 2 and "not the same weights" in err and len(err.strip().splitlines()) == 1
     finally:
         weights_file.write_bytes(original)
+
+
+def test_sentencepiece_only_tokenizer(tmp_path, capsys):
+    base = save_sentencepiece_base(tmp_path)
+    assert not (base / "tokenizer.json").exists()
+    assert _train(capsys, base, tmp_path / "w") == 0
+    _decodes_as_ar(tmp_path / "w" / "sdsat")
 
 
 def test_gguf_base(tmp_path, capsys):
