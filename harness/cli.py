@@ -359,8 +359,13 @@ def _run_settings(args) -> tuple[dict, list | None]:
 
 
 def _cmd_run(args) -> int:
+    if args.data_dir is not None and not os.path.isdir(args.data_dir):
+        raise HarnessError(f"--data-dir: not a directory: {args.data_dir}")
     opts, suite_models = _run_settings(args)
     check_sampling(opts["temperatures"], opts["top_p"], args.top_k, opts["max_new_tokens"])
+    for flag, value in (("--limit", opts["limit"]), ("--n-samples", opts["n_samples"])):
+        if value is not None and value < 1:
+            raise HarnessError(f"{flag} must be at least 1, got {value}")
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
     from harness.decoding import DECODERS
     from harness.report import render

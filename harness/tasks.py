@@ -113,14 +113,19 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise HarnessError(f"{path}:{n}: malformed JSON line ({exc.msg})") from None
+    n = 0
+    try:
+        with opener(path, "rt") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise HarnessError(f"{path}:{n}: malformed JSON line ({exc.msg})") from None
+    except (OSError, EOFError, UnicodeDecodeError) as exc:  # gzip.BadGzipFile is an OSError
+        kind = "truncated or not gzip" if path.suffix == ".gz" else "unreadable"
+        raise HarnessError(f"{path}: {kind} after line {n} ({type(exc).__name__}: {exc})") from None
 
 
 def _records(cfg: TaskConfig, data_dir: Path | None) -> Iterator[tuple[str, dict]]:

@@ -260,3 +260,55 @@ def test_decode_applies_runs_whitespace_rule(capsys):
         assert code == 0
         outs.append(json.loads(out))
     assert outs[0]["completion"] == outs[1]["completion"] and outs[0]["new_tokens"] == 16
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--limit", "-2"], "--limit must be at least 1"),
+        (["--n-samples", "0"], "--n-samples must be at least 1"),
+        (["--data-dir", "/nonexistent/data"], "--data-dir: not a directory"),
+    ],
+)
+def test_run_refuses_impossible_counts_before_the_model_loads(capsys, tmp_path, flags, expected):
+    out = tmp_path / "run"
+    code, _, err = _run(
+        capsys, "run", "--model", "/nonexistent/model", "--tasks", "humaneval", *flags, "--out", str(out)
+    )
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # refused before anything was written (the model is not even looked up)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-gzip"])
+def test_a_damaged_gzip_data_file_is_one_line_and_the_other_tasks_still_list(capsys, tmp_path, damage):
+    import shutil
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    if not source.is_dir():
+        pytest.skip("../shared/data is not beside this checkout")
+    data = tmp_path / "data"
+    shutil.copytree(source, data)
+    damaged = data / "humaneval-infilling" / "HumanEval-SingleLineInfilling.jsonl.gz"
+    damaged.write_bytes(damaged.read_bytes()[:200] if damage == "truncated" else b"not gzip at all\n")
+    code, out, err = _run(capsys, "tasks", "--data-dir", str(data))
+    assert code == 1 and "Traceback" not in out + err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert "error" in rows["humaneval-infill-single"] and "truncated or not gzip" in rows["humaneval-infill-single"]
+    assert rows["humaneval-infill-multi"].split()[2] == "5815"
+    code, _, err = _run(
+        capsys,
+        "run",
+        "--model",
+        "default",
+        "--tasks",
+        "humaneval-infill-single",
+        "--data-dir",
+        str(data),
+        "--limit",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert code == 2 and "truncated or not gzip" in err and len(err.strip().splitlines()) == 1
