@@ -72,9 +72,9 @@ def step_losses(
     std = _standard_loss(logits[:, :t], batch.targets[:, :t], x, teacher, fim)
     if cfg.distill:
         # A_j stands for position i+j: its target is what the standard token there predicts.
-        teacher = logits[:, :t].detach().float().softmax(-1)
+        # (the positions are gathered before the softmax: only G*K of the T rows are needed)
         pos = batch.position_ids[:, t:].clamp(max=t - 1)
-        soft = teacher.gather(1, pos[..., None].expand(-1, -1, teacher.shape[-1]))
+        soft = logits[:, :t].detach().gather(1, pos[..., None].expand(-1, -1, logits.shape[-1])).float().softmax(-1)
         valid = batch.targets[:, t:] != IGNORE
         ada = -(soft * logits[:, t:].float().log_softmax(-1)).sum(-1)[valid].mean()
     else:
@@ -87,12 +87,13 @@ def _standard_loss(logits, targets, x, teacher, fim) -> torch.Tensor:
     if teacher is None:
         return cross_entropy(logits, targets)
     with torch.no_grad():
-        p = teacher(x).float().softmax(-1)
-    logp = logits.float().log_softmax(-1)
-    kl = (p * (p.clamp_min(1e-30).log() - logp)).sum(-1)
-    ce = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+        log_q = teacher(x).float().log_softmax(-1)
+    log_p = logits.float().log_softmax(-1)  # one (B, T, V) fp32 tensor serves both losses
+    kl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    valid = targets != IGNORE
+    ce = -log_p.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
     per_position = torch.where(fim, ce, kl) if fim is not None else kl
-    return per_position[targets != IGNORE].mean()
+    return per_position[valid].mean()
 
 
 def _unwrapped(model):
