@@ -29,7 +29,7 @@ class Extension:
     adaptive: AdaptiveSpec
     fim: FimSpec
     added: tuple[str, ...]  # token strings added to the tokenizer
-    new_ids: tuple[int, ...]  # rows the base lacks
+    new_ids: tuple[int, ...]  # rows the base lacks, and the adaptive rows
     base_rows: int  # the base's embedding rows
     vocab_size: int  # rows after growing
 
@@ -78,9 +78,9 @@ def extend_tokenizer(tokenizer, base_rows: int, max_k: int, adaptive_tokens: str
         fim = FimSpec(*FIM_TOKENS)
     vocab_size = max(base_rows, len(tokenizer))
     added_ids = set(tokenizer.convert_tokens_to_ids(added))
-    new_ids = sorted(added_ids | set(range(base_rows, vocab_size)))
-    if adaptive_tokens:  # named ids are trained like new rows: they must learn their new role
-        new_ids = sorted(set(new_ids) | set(adaptive.token_ids))
+    # Adaptive rows are trained like new ones even where the ids existed (named by --adaptive-tokens, or
+    # a base that has them already): they must learn their role.
+    new_ids = sorted(added_ids | set(range(base_rows, vocab_size)) | set(adaptive.token_ids))
     return Extension(adaptive, fim, tuple(added), tuple(new_ids), base_rows, vocab_size)
 
 

@@ -205,6 +205,9 @@ def open_tokenizer(source: Source):
         raise HarnessError(f"'{source.spec}' has no usable tokenizer: {exc}") from None
     if source.kind == "gguf":
         _gguf_special_tokens(tokenizer, Path(source.path))
+        # A GGUF file says nothing of it, and transformers' default (True) strips the space before
+        # punctuation when 5.17 decodes ("a , b" -> "a, b"); 5.23 ignores it for BPE and warns.
+        tokenizer.clean_up_tokenization_spaces = False
     return tokenizer
 
 

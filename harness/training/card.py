@@ -9,6 +9,35 @@ from pathlib import Path
 
 from harness.training.config import RecipeConfig
 
+# The settings a retrofit reads (the rest of RecipeConfig builds a model from scratch).
+RETROFIT_SETTINGS = frozenset(
+    [
+        "base",
+        "roots",
+        "corpus",
+        "data_dir",
+        "lora_rank",
+        "adaptive_tokens",
+        "adaptive_init",
+        "retrofit_lr",
+        "lora_lr",
+        "fim_rate",
+        "seq_len",
+        "max_k",
+        "n_groups",
+        "adaptive_weight",
+        "distill",
+        "batch_size",
+        "grad_accum",
+        "max_steps",
+        "sdsat_minutes",
+        "bf16",
+        "seed",
+        "eval_prompts",
+        "eval_max_new_tokens",
+    ]
+)
+
 
 def write_card(path: Path, cfg: RecipeConfig, work: Path, results: dict) -> None:
     summary = json.loads((work / "sdsat_summary.json").read_text())
@@ -37,7 +66,7 @@ def write_card(path: Path, cfg: RecipeConfig, work: Path, results: dict) -> None
         "## Settings",
         "",
         "```json",
-        json.dumps({k: v for k, v in asdict(cfg).items() if k != "mb_per_lang"}, indent=1, default=str),
+        json.dumps({k: v for k, v in asdict(cfg).items() if k in RETROFIT_SETTINGS}, indent=1, default=str),
         "```",
         "",
     ]

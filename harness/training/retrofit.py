@@ -243,6 +243,7 @@ class _Retrofit(StageRunner):
             return
         # Not the grown embedding matrices (peft would save them whole): their new rows are in the
         # adapter's trainable tokens, and --model grows the base's the same way before applying it.
+        model.peft_config["default"].base_model_name_or_path = self.cfg.base  # as sdsat_adapter.json names it
         model.save_pretrained(out, save_embedding_layers=False)
         self.tokenizer.save_pretrained(out)
         base = self.cfg.base
