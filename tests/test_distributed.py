@@ -148,3 +148,22 @@ def test_recipe_on_two_processes_builds_data_once_and_trains_a_fixed_step_count(
         assert summary["tokens"] == 12 * 4 * 64 * 2  # steps x batch x seq_len x processes
     assert "heldout_standard_loss" in json.loads((work / "sdsat_summary.json").read_text())["heldout"]
     assert load_model(str(work / "sdsat")).adaptive.max_k == 4
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_retrofit_on_two_processes(tmp_path, lora):
+    """`train --base` under accelerate launch: both processes train (DDP) for exactly --max-steps, full
+    or LoRA, and the main process writes a checkpoint or adapter that loads."""
+    from harness.models import load_model
+    from tests.bases import SOURCES, save_base
+
+    base = save_base(tmp_path, "llama")
+    work = tmp_path / "work"
+    args = ["train", "--base", str(base), "--work", str(work), "--roots", str(SOURCES / "decoding")]
+    args += ["--stages", "corpus,tokenizer,tokens,sdsat", "--max-steps", "4", "--batch-size", "2", "--seq-len", "64"]
+    proc = _launch(args + (["--lora-rank", "2"] if lora else []))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((work / "sdsat_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 4
+    assert summary["tokens"] == 4 * 2 * 64 * 2  # steps x batch x seq_len x processes
+    assert load_model(str(work / "sdsat")).adaptive.max_k == 15
