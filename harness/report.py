@@ -9,11 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from harness.decoding import DECODERS_WITH_K
 from harness.errors import HarnessError
+from harness.figures import plot_pass_at_k, plot_speedup, plot_vs_k
 from harness.metrics import GROUP, summarize
 from harness.results import RunDirectory
 
@@ -29,113 +28,6 @@ COMPARED = [
 ]
 
 
-def _setting(temperature: float, accept: str) -> str:
-    return "greedy" if temperature == 0 else f"T={temperature:g}, accept={accept}"
-
-
-def _mean_ci(values: pd.Series) -> tuple[float, float]:
-    """Mean and the half-width of its 95% normal interval."""
-    v = values.dropna().astype(float)
-    if len(v) == 0:
-        return np.nan, np.nan
-    half = 1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0
-    return float(v.mean()), float(half)
-
-
-def _pyplot():
-    """matplotlib's pyplot on the file-only backend, imported when a figure is first drawn."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _figure(n_panels: int):
-    fig, axes = _pyplot().subplots(1, n_panels, figsize=(4.6 * n_panels, 3.6), squeeze=False)
-    return fig, axes[0]
-
-
-def _save(fig, out: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    _pyplot().close(fig)
-    return out
-
-
-def plot_vs_k(df: pd.DataFrame, metric: str, ylabel: str, out: Path) -> Path | None:
-    """The paper's Figures 3 and 4: ``metric`` against k, a line per task and decoder that takes k
-    (solid: sdsat, dashed: sdsat-fused) with a 95% band over problems, a panel per sampling setting.
-    k = 0 is the AR decoder (tokens/s only)."""
-    spec = df[df.decoder.isin(DECODERS_WITH_K) & df[metric].notna()]
-    if spec.empty:
-        return None
-    ar = df[(df.decoder == "ar") & df[metric].notna()] if metric == "tokens_per_s" else df.iloc[0:0]
-    settings = sorted(spec.groupby(["temperature", "accept"]).groups)
-    fig, axes = _figure(len(settings))
-    for ax, (temp, accept) in zip(axes, settings, strict=True):
-        panel = spec[(spec.temperature == temp) & (spec.accept == accept)]
-        for (task, decoder), g in panel.groupby(["task", "decoder"]):
-            g = pd.concat([ar[(ar.task == task) & (ar.temperature == temp)], g])
-            stats = [(k, *_mean_ci(gk[metric])) for k, gk in g.groupby("k")]
-            ks, means, halves = (np.array(x, dtype=float) for x in zip(*stats, strict=True))
-            style = "--" if decoder == "sdsat-fused" else "-"
-            ax.plot(ks, means, style, marker="o", ms=3, label=f"{task} {decoder}")
-            ax.fill_between(ks, means - halves, means + halves, alpha=0.15)
-        ax.set(title=_setting(temp, accept), xlabel="k (adaptive tokens per loop; 0 = AR)", ylabel=ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    return _save(fig, out)
-
-
-def plot_speedup(table: pd.DataFrame, out: Path) -> Path | None:
-    """Paired speedup over AR (geometric mean, 95% interval) by task and decoder, at each decoder's
-    best k."""
-    rows = table[(table.decoder != "ar") & table.speedup.notna()]
-    if rows.empty:
-        return None
-    best = rows.loc[rows.groupby(["task", "decoder", "temperature", "accept"], dropna=False).speedup.idxmax()]
-    tasks = list(dict.fromkeys(best.task))
-    series = sorted(set(zip(best.decoder, best.temperature, best.accept, strict=True)), key=str)
-    fig, ax = _pyplot().subplots(figsize=(max(5.0, 0.6 * len(tasks) * len(series)), 3.8))
-    width = 0.8 / len(series)
-    for i, (decoder, temp, accept) in enumerate(series):
-        sub = best[(best.decoder == decoder) & (best.temperature == temp) & (best.accept == accept)]
-        x = np.array([tasks.index(t) for t in sub.task]) + i * width
-        lo = (sub.speedup - sub.speedup_lo.fillna(sub.speedup)).clip(lower=0)
-        hi = (sub.speedup_hi.fillna(sub.speedup) - sub.speedup).clip(lower=0)
-        label = (
-            decoder
-            + (" (best k)" if decoder in DECODERS_WITH_K else "")
-            + ("" if temp == 0 else f" {_setting(temp, accept)}")
-        )
-        bars = ax.bar(x, sub.speedup, width, yerr=[lo, hi], capsize=2, label=label)
-        if decoder in DECODERS_WITH_K:
-            ax.bar_label(bars, labels=[f"k={k}" for k in sub.k], fontsize=6, padding=2)
-    ax.axhline(1.0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
-    ax.set(ylabel="tokens/s over AR (paired, 95% CI)", title="speedup over AR at the best k")
-    ax.legend(fontsize=7)
-    return _save(fig, out)
-
-
-def plot_pass_at_k(comparison: pd.DataFrame, out: Path) -> Path | None:
-    """pass@k of several runs (e.g. base vs SDSAT model) side by side, per task: the paper's accuracy
-    tables as a figure."""
-    cols = [c for c in ("pass@1", "pass@10") if c in comparison.columns and comparison[c].notna().any()]
-    if not cols:
-        return None
-    fig, axes = _figure(len(cols))
-    for ax, col in zip(axes, cols, strict=True):
-        sub = comparison[comparison[col].notna()]
-        pivot = sub.pivot_table(index="task", columns="run", values=col, aggfunc="max")
-        pivot.plot.bar(ax=ax, rot=30, fontsize=8)
-        ax.set(title=col, ylabel=col, xlabel="")
-        ax.legend(fontsize=7)
-    return _save(fig, out)
-
-
 def compare_runs(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Rows of every run (column ``run``) with, for each compared metric, its delta against the first
     run's matching row (same task, decoder, k and sampling settings)."""
@@ -147,7 +39,8 @@ def compare_runs(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         base = first[m] if m in first.columns else pd.Series(dtype=float)
         keys = pd.MultiIndex.from_frame(stacked[GROUP])
         stacked[f"Δ {m}"] = stacked[m].astype(float).values - base.reindex(keys).astype(float).values
-    return stacked[["run", *GROUP, *[c for m in metrics for c in (m, f"Δ {m}")]]]
+    intervals = [c for m in metrics for c in (f"{m}_lo", f"{m}_hi") if c in stacked.columns]
+    return stacked[["run", *GROUP, *[c for m in metrics for c in (m, f"Δ {m}")], *intervals]]
 
 
 def _img(path: Path | None) -> str:
@@ -240,7 +133,7 @@ def _frame(records: list[dict]) -> pd.DataFrame:
 def _run_figures(df: pd.DataFrame, table: pd.DataFrame, out: Path, prefix: str = "") -> list[Path | None]:
     return [
         plot_vs_k(df, "accept_rate", "accept rate (per generation)", out / f"{prefix}accept_rate_vs_k.png"),
-        plot_vs_k(df, "tokens_per_s", "tokens/s (decode)", out / f"{prefix}tokens_per_s_vs_k.png"),
+        plot_vs_k(df, "tokens_per_s", "tokens/s (decode)", out / f"{prefix}tokens_per_s_vs_k.png", table),
         plot_vs_k(df, "tokens_per_forward", "tokens per forward pass", out / f"{prefix}tokens_per_forward_vs_k.png"),
         plot_speedup(table, out / f"{prefix}speedup.png"),
     ]

@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from harness.cli import main
 from harness.errors import HarnessError
-from harness.metrics import paired_speedup, summarize
+from harness.metrics import paired_speedup, summarize, wilson_interval
 
 RUN = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "1,2", "--limit", "3", "--max-new-tokens", "6"]
 
@@ -131,10 +132,13 @@ def test_unwritable_out_dir_is_one_line(capsys, tmp_path, tiny_checkpoint):
 
 
 def test_paired_speedup_and_pass_at_k_from_records():
-    s = paired_speedup([2.0, 2.0, 2.0])
+    s = paired_speedup(list(np.log([2.0] * 5)))
     assert s["speedup"] == pytest.approx(2.0) and s["speedup_lo"] == pytest.approx(2.0)
-    s = paired_speedup([1.0, 4.0])
+    s = paired_speedup(list(np.log([1.0, 4.0, 1.0, 4.0, 2.0])))
     assert s["speedup"] == pytest.approx(2.0) and s["speedup_lo"] < 2.0 < s["speedup_hi"]
+    # Two problems say nothing about spread: a point estimate, no interval (it spanned 1e-9..7e9)
+    s = paired_speedup(list(np.log([1e-4, 1e4])))
+    assert s["speedup"] == pytest.approx(1.0) and s["speedup_lo"] is None and s["speedup_hi"] is None
     base = {
         "task": "t",
         "k": 0,
@@ -157,6 +161,14 @@ def test_paired_speedup_and_pass_at_k_from_records():
     ]
     row = summarize(records).iloc[0]
     assert row["pass@1"] == pytest.approx(0.25) and row["speedup"] == pytest.approx(1.0)
+    assert "pass@1_lo" not in row  # two problems: no interval
+
+
+def test_wilson_interval_stays_in_the_unit_interval():
+    assert wilson_interval(0, 164)[0] == 0.0 and 0.0 < wilson_interval(0, 164)[1] < 0.03
+    lo, hi = wilson_interval(10, 164)  # SmolLM2's greedy HumanEval pass@1
+    assert lo == pytest.approx(0.0335, abs=1e-3) and hi == pytest.approx(0.1084, abs=1e-3)
+    assert wilson_interval(164, 164)[1] == pytest.approx(1.0) and wilson_interval(164, 164)[0] > 0.97
 
 
 def test_exact_match_tasks_are_scored_without_execution(capsys, tmp_path, tiny_checkpoint):
