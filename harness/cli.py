@@ -540,7 +540,8 @@ def _cmd_exec(args) -> int:
         source = Path(args.file).read_text()
     except OSError as exc:
         raise HarnessError(f"cannot read {args.file}: {exc.strerror}") from None
-    verdict = run_program(language, source, Limits(timeout_s=args.timeout), args.isolation)
+    program = language.standalone(language, source)
+    verdict = run_program(program, source, Limits(timeout_s=args.timeout), args.isolation)
     print(json.dumps(verdict.to_dict()))
     return 0 if verdict.status == "passed" else 1
 

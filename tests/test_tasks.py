@@ -296,3 +296,29 @@ def test_task_configs_include_a_shared_shape_and_refuse_unknown_keys(tmp_path):
     (tmp_path / "bad.yaml").write_text("include: _shape.yaml\nname: bad\nlangauge: js\n")
     with pytest.raises(HarnessError, match=r"bad\.yaml: unknown key"):
         _task_fields(tmp_path / "bad.yaml", tmp_path.joinpath)
+
+
+@pytest.mark.parametrize(
+    ("source", "status"),
+    [
+        (
+            'public class Main {\n  public static void main(String[] a) {\n    System.out.println("hi");\n  }\n}\n',
+            "passed",
+        ),
+        (
+            "import java.util.*;\nclass Problem {\n  static int f() { return 3; }\n"
+            "  public static void main(String[] a) {\n    assert f() == 3;\n  }\n}\n",
+            "passed",
+        ),
+        ("class Problem {\n  public static void main(String[] a) {\n    assert 1 == 2;\n  }\n}\n", "failed"),
+    ],
+)
+def test_exec_runs_a_whole_java_program_by_its_own_class(capsys, tmp_path, source, status):
+    from harness.execution.languages import get_language
+
+    if get_language("java").missing():
+        pytest.skip("no Java toolchain")
+    prog = tmp_path / "Prog.java"
+    prog.write_text(source)
+    assert main(["exec", "--language", "java", str(prog)]) == (0 if status == "passed" else 1)
+    assert json.loads(capsys.readouterr().out)["status"] == status

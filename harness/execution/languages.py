@@ -18,9 +18,10 @@ Commands run inside the sandbox with the program's directory as the working dire
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 JAVATUPLES = "/usr/share/java/javatuples.jar"
 # Programs run as an unprivileged user: toolchains under a private home (e.g. ~/.cargo) are not usable
@@ -55,6 +56,21 @@ def _java(tests: str, token: str) -> str:
         f"{tests}\nclass SdsatProof {{\n    public static void main(String[] args) throws Exception {{\n"
         f'        Problem.main(args);\n        System.out.println("\\n{token}");\n        System.out.flush();\n'
         "    }\n}\n"
+    )
+
+
+def _java_standalone(language: Language, source: str) -> Language:
+    """A whole Java program as ``exec`` gets it: javac wants a public class in a file of its name, and
+    the class to run is the one with ``main`` (in judged programs, SdsatProof calls Problem's)."""
+    public = re.search(r"\bpublic\s+(?:final\s+|abstract\s+)*class\s+(\w+)", source)
+    main = re.search(r"\bclass\s+(\w+)[^{]*\{(?:(?!\bclass\b).)*?\bstatic\s+void\s+main\s*\(", source, re.S)
+    file_name = f"{public.group(1) if public else 'Program'}.java"
+    entry = main.group(1) if main else (public.group(1) if public else "Program")
+    return replace(
+        language,
+        file_name=file_name,
+        build=(*language.build[:-1], file_name),
+        run=(*language.run[:-1], entry),
     )
 
 
@@ -109,6 +125,8 @@ class Language:
     prove: Callable[[str, str], str] = field(default=_python, compare=False)
     files: tuple[str, ...] = ()  # other files that must exist (e.g. a jar on the class path)
     env: tuple[tuple[str, str], ...] = ()
+    # How a whole program (``exec``), not one assembled around tests, is built and run.
+    standalone: Callable[[Language, str], Language] = field(default=lambda language, source: language, compare=False)
 
     def missing(self) -> str | None:
         """What is missing to run this language here, or None."""
@@ -154,6 +172,7 @@ LANGUAGES: dict[str, Language] = {
             "apt-get install openjdk-17-jdk-headless libjavatuples-java",
             prove=_java,
             files=(JAVATUPLES,),
+            standalone=_java_standalone,
         ),
         Language(
             "js",
