@@ -150,3 +150,29 @@ def test_report_projects_a_run_onto_a_probe(probe, tmp_path, tiny_checkpoint, ca
 def test_unknown_shape_is_one_line():
     with pytest.raises(HarnessError, match="unknown shape 'llama-1t'"):
         run_probe(ProbeConfig(shape="llama-1t", device="cpu"), "/nonexistent")
+
+
+def test_a_cost_curve_that_is_not_monotone_is_measured_again_then_refused(monkeypatch):
+    from harness import probe as probe_module
+
+    assert probe_module.non_monotone({1: 77.0, 2: 689.0, 4: 197.0, 8: 222.0}) == [(2, 4), (2, 8)]
+    assert probe_module.non_monotone({1: 5.40, 8: 5.56, 64: 5.46}) == []  # 2%: timer noise
+    busy = iter([77.0, 689.0, 197.0, 222.0, 222.0, 197.0, 689.0, 77.0, 1.0, 2.0, 3.0, 4.0])
+    monkeypatch.setattr(probe_module, "median_ms", lambda device, fn, repeats: next(busy))
+
+    class Engine:
+        def reserve(self, n): ...
+        def warm_up(self, blocks): ...
+        def new_cache(self, n):
+            return type("Cache", (), {"crop": lambda self, n: None})()
+
+        def forward(self, *args, **kwargs): ...
+
+    import torch
+
+    lm = type("LM", (), {"engine": Engine(), "device": torch.device("cpu")})()
+    # measured busy twice (the second time in reverse order), quiet the third time: that curve is kept
+    assert probe_module.cost_curve(lm, (1, 2, 4, 8), repeats=3) == {1: 1.0, 2: 2.0, 4: 3.0, 8: 4.0}
+    busy = iter([77.0, 689.0, 197.0, 222.0] * 3)
+    with pytest.raises(HarnessError, match=r"not monotone \(2 tokens 689 ms > 4 tokens 197 ms"):
+        probe_module.cost_curve(lm, (1, 2, 4, 8), repeats=3)
