@@ -417,7 +417,25 @@ def _print_run(out: Path, page: Path) -> None:
     levels = json.loads((out / "run.json").read_text()).get("isolation")
     if levels:  # which sandbox judged the executed verdicts, on every run
         print(f"\nexecuted in: {', '.join(levels)} (see README, 'The sandbox')")
+    unjudged = _unjudged(out / "results.jsonl")
+    if unjudged:  # a run without execution, or a start of one resumed with it: verdicts are null
+        print(
+            f"\n{unjudged} records have no verdict (generated without --allow-code-execution): judge them with "
+            f"sdsat-bench score {out} --allow-code-execution"
+        )
     print(f"\nresults: {out / 'results.jsonl'}\nsummary: {out / 'summary.md'} (every column)\nreport:  {page}")
+
+
+def _unjudged(results: Path) -> int:
+    """Records of test-scored tasks with no verdict and no reason for none (a missing toolchain)."""
+    from harness.tasks import get_task
+
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    return sum(
+        1
+        for r in records
+        if r.get("passed") is None and r.get("status") != "unavailable" and get_task(r["task"]).scoring == "tests"
+    )
 
 
 def _cmd_report(args) -> int:
