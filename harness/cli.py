@@ -614,7 +614,7 @@ def _cmd_decode(args) -> int:
         decoder.generate(prompt_ids, stop, sampling)
     gen = decoder.generate(prompt_ids, stop, sampling)
     # k where the decoder takes one: draft length, or prompt lookup's n-gram draft length; else null
-    k = args.k if args.decoder in DECODERS_WITH_K else getattr(decoder, "prompt_lookup_num_tokens", None)
+    k = args.k if args.decoder in DECODERS_WITH_K else None  # hf-pld's lookup length is in its configuration
     record = {"decoder": decoder.name, "k": k, "configuration": configuration(decoder, lm)}
     record |= {"stop_reason": gen.stop_reason, **gen.stats.to_dict()}
     if args.json:

@@ -120,7 +120,7 @@ def test_missing_subcommand_argument_is_one_line(capsys):
 
 
 def test_decode_reports_k_only_where_a_decoder_takes_one_and_no_false_zeros(capsys, tiny_checkpoint):
-    for decoder, k in (("ar", None), ("hf-pld", 3)):
+    for decoder, k in (("ar", None), ("hf-pld", None)):
         code, out, _ = _run(
             capsys,
             "decode",
@@ -142,7 +142,7 @@ def test_decode_reports_k_only_where_a_decoder_takes_one_and_no_false_zeros(caps
             record["configuration"]
             == {
                 "ar": "sdsat-bench engine eager: dynamic cache",
-                "hf-pld": "transformers generate: dynamic cache, eager",
+                "hf-pld": "transformers generate: dynamic cache, eager; prompt lookup of 10 tokens",
             }[decoder]
         )
         if decoder == "hf-pld":  # transformers' loop: drafted and accepted are unknown, not 0

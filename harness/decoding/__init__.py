@@ -27,7 +27,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-PLD_DEFAULT_TOKENS = 10
+# hf-pld's lookup length everywhere (run and decode): transformers' documented default. --k is the
+# adaptive-token draft length and does not apply to it; records name it in their configuration.
+PLD_LOOKUP_TOKENS = 10
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class DecoderSpec:
     name: str
     build: Callable[[LoadedModel, Options], Decoder]
     # Draft lengths it runs at: "any" (k = 0 is plain AR through its own loop), "positive", or "none"
-    # (it takes no k; hf-pld uses its own lookup length).
+    # (it takes no k; hf-pld looks up PLD_LOOKUP_TOKENS).
     draft_lengths: str = "none"
     needs_draft_model: bool = False
 
@@ -90,7 +92,7 @@ def _hf(lm: LoadedModel, o: Options) -> Decoder:
 def _hf_pld(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.peers import HfGenerateDecoder
 
-    return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=o.k or PLD_DEFAULT_TOKENS)
+    return HfGenerateDecoder(lm, "hf-pld", prompt_lookup_num_tokens=PLD_LOOKUP_TOKENS)
 
 
 def missing_draft_model(name: str) -> HarnessError:

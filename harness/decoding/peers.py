@@ -102,11 +102,14 @@ class HfGenerateDecoder:
 
     @property
     def configuration(self) -> str:
+        lookup = f"; prompt lookup of {self.prompt_lookup_num_tokens} tokens" if self.prompt_lookup_num_tokens else ""
         if self.static_cache:  # transformers compiles a static-cache step on a GPU only
             compiled = "compiled by transformers" if self.lm.device.type == "cuda" else "eager"
             return f"transformers generate: static cache, {compiled}"
-        return "transformers generate: dynamic cache, eager" + (
-            "" if self.lm.engine.mode != "compile" else " (assisted generation takes no static cache)"
+        return (
+            "transformers generate: dynamic cache, eager"
+            + ("" if self.lm.engine.mode != "compile" else " (assisted generation takes no static cache)")
+            + lookup
         )
 
     def _static_cache(self, needed: int) -> StaticCache:
