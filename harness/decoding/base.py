@@ -91,7 +91,8 @@ class Stats:
 
     @property
     def mean_accepted_length(self) -> float | None:
-        """Spec-Bench/EAGLE convention: tokens emitted per loop (accepted drafts + the bonus token)."""
+        """Spec-Bench/EAGLE convention: tokens emitted per loop. A one-pass loop emits its accepted drafts
+        and a bonus token; the two-step loop also the token of its draft pass."""
         return self.new_tokens / len(self.loops) if self.loops else None
 
     @property
