@@ -581,6 +581,12 @@ def _cmd_validate(args) -> int:
     with tqdm(total=len(must_pass) + len(must_fail), desc=f"validate {args.task}", unit="prog", file=sys.stderr) as bar:
         result = validate(problems, args.workers, Limits(timeout_s=args.timeout), bar.update, args.isolation)
     print(json.dumps({"task": args.task, **result}))
+    if not result["references"]:  # MultiPL-E: prompts and tests, no solutions
+        print(
+            f"sdsat-bench: {args.task}: the dataset has no reference solutions: only the {result['must_fail']} "
+            "wrong solutions were checked (they must fail), and the reference control has no row on this task",
+            file=sys.stderr,
+        )
     if result["unavailable"]:
         print(f"sdsat-bench: {args.task}: toolchain unavailable", file=sys.stderr)
         return 1

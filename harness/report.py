@@ -105,6 +105,13 @@ def _scoring_note(records: list[dict]) -> str:
     """Which sandbox judged the records, and the records nobody could judge (never silently a fail)."""
     levels = sorted({r["isolation"] for r in records if r.get("isolation")})
     note = f"<p>verdicts judged in: {html.escape(', '.join(levels))}</p>" if levels else ""
+    controlled = {r["task"] for r in records if r.get("decoder") == "reference"}
+    uncontrolled = sorted({r["task"] for r in records} - controlled) if controlled else []
+    if uncontrolled:
+        note += (
+            f"<p>no reference control on {html.escape(', '.join(uncontrolled))}: the dataset has no "
+            "reference solutions (MultiPL-E gives prompts and tests only)</p>"
+        )
     unscored = [r for r in records if r.get("status") == "unavailable"]
     if unscored:
         tasks = ", ".join(sorted({r["task"] for r in unscored}))

@@ -322,3 +322,14 @@ def test_exec_runs_a_whole_java_program_by_its_own_class(capsys, tmp_path, sourc
     prog.write_text(source)
     assert main(["exec", "--language", "java", str(prog)]) == (0 if status == "passed" else 1)
     assert json.loads(capsys.readouterr().out)["status"] == status
+
+
+def test_validate_says_when_a_dataset_has_no_reference_solutions(capsys, data_dir):
+    from harness.execution.languages import get_language
+
+    if get_language("js").missing():
+        pytest.skip("no node")
+    assert main(["validate", "multiple-js", "--data-dir", data_dir, "--limit", "2", "--allow-code-execution"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["references"] == 0
+    assert "no reference solutions: only the 4 wrong solutions were checked" in err
