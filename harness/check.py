@@ -2,7 +2,9 @@
 
 Machine-independent metrics (tokens per forward pass, accept rate, share identical to AR, pass@k)
 and speed *ratios* measured inside the one run (sdsat vs ar tokens/s) are gated; absolute timings
-never are, since they belong to a machine.
+never are, since they belong to a machine. A speed ratio is pooled over every problem of every task
+(``all-tasks``); the baseline keeps each task's share, so that a run of fewer tasks is compared over
+the tasks both have, never its HumanEval alone against a five-task pool.
 """
 
 from __future__ import annotations
@@ -53,20 +55,42 @@ def current_metrics(records: list[dict]) -> dict[str, float]:
     problem of every task (``all-tasks``), since a handful of problems per task is too noisy to gate."""
     from harness.metrics import summarize
 
-    pooled = [{**r, "task": "all-tasks", "problem_id": f"{r['task']}/{r['problem_id']}"} for r in records]
     values = {}
-    for table, metrics in (
-        (summarize(records), [m for m in GATED if m != "speedup"]),
-        (summarize(pooled), ["speedup"]),
-    ):
-        for _, row in table.iterrows():
-            for metric in metrics:
-                v = row.get(metric)
-                if row["decoder"] == "ar" and metric == "speedup":
-                    continue  # AR over AR is 1 by construction
-                if v is not None and not (isinstance(v, float) and math.isnan(v)):
-                    values[metric_key(row, metric)] = float(v)
+    for _, row in summarize(records).iterrows():
+        for metric in (m for m in GATED if m != "speedup"):
+            v = row.get(metric)
+            if v is not None and not (isinstance(v, float) and math.isnan(v)):
+                values[metric_key(row, metric)] = float(v)
+    for metric, shares in speed_shares(records).items():
+        values[metric] = pooled(shares)
     return values
+
+
+def speed_shares(records: list[dict]) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per all-tasks speed metric, each task's share of the pool: (sum over its problems of the mean
+    log speed ratio over AR, number of problems)."""
+    import pandas as pd
+
+    from harness.metrics import GROUP, ar_speeds, log_speed_ratios
+
+    df = pd.DataFrame(records)
+    if df.empty or "tokens_per_s" not in df:
+        return {}
+    ar = ar_speeds(df)
+    shares: dict[str, dict[str, tuple[float, int]]] = {}
+    for key, g in df[df.decoder != "ar"].groupby(GROUP, dropna=False, sort=True):
+        row = dict(zip(GROUP, key, strict=True))
+        logs = log_speed_ratios(g, ar)
+        if logs:
+            metric = metric_key({**row, "task": "all-tasks"}, "speedup")
+            shares.setdefault(metric, {})[row["task"]] = (float(sum(logs)), len(logs))
+    return shares
+
+
+def pooled(shares: dict[str, tuple[float, int]], tasks=None) -> float:
+    """The geometric mean speedup over the problems of ``tasks`` (default: every task of ``shares``)."""
+    parts = [v for t, v in shares.items() if tasks is None or t in tasks]
+    return math.exp(sum(log_sum for log_sum, _ in parts) / sum(n for _, n in parts))
 
 
 def _tolerance(metric: str, entry: dict) -> tuple[str, float]:
@@ -74,15 +98,23 @@ def _tolerance(metric: str, entry: dict) -> tuple[str, float]:
     return entry.get("kind", kind), float(entry.get("tolerance", default))
 
 
-def gate(baseline: dict, values: dict[str, float]) -> list[MetricResult]:
-    """Every metric is 'higher is better': a value may fall below its baseline by its tolerance."""
+def gate(baseline: dict, values: dict[str, float], shares: dict | None = None) -> list[MetricResult]:
+    """Every metric is 'higher is better': a value may fall below its baseline by its tolerance. A
+    pooled speed metric whose baseline keeps its tasks' shares is compared over the tasks both the
+    baseline and the run have (``shares``: the run's, from speed_shares)."""
     verdicts = []
     for metric, entry in sorted(baseline["metrics"].items()):
         kind, tol = _tolerance(metric, entry)
         base = float(entry["value"])
-        floor = base * (1 - tol) if kind == "rel" else base - tol
         value = values.get(metric)
         text = f"-{tol:.0%}" if kind == "rel" else f"-{tol:g}"
+        mine, theirs = (shares or {}).get(metric), entry.get("tasks")
+        if mine and theirs and set(mine) != set(theirs):
+            common = set(mine) & set(theirs)
+            base_shares = {t: tuple(v) for t, v in theirs.items()}
+            base, value = (pooled(base_shares, common), pooled(mine, common)) if common else (base, None)
+            text += f" (over {', '.join(sorted(common)) or 'no common task'})"
+        floor = base * (1 - tol) if kind == "rel" else base - tol
         verdicts.append(MetricResult(metric, base, value, text, value is not None and value >= floor - 1e-12))
     return verdicts
 
@@ -106,6 +138,12 @@ def read_baseline(path: Path) -> dict:
             )
         if entry.get("kind", "abs") not in ("abs", "rel") or not isinstance(entry.get("tolerance", 0), int | float):
             raise HarnessError(f"baseline '{path}': entry '{metric}' has a malformed kind or tolerance")
+        shares = entry.get("tasks", {})
+        if not isinstance(shares, dict) or not all(
+            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int | float) and isinstance(v[1], int) and v[1] > 0
+            for v in shares.values()
+        ):
+            raise HarnessError(f"baseline '{path}': entry '{metric}' has malformed task shares")
     return baseline
 
 
@@ -134,13 +172,26 @@ def absent_tasks(baseline: dict, records: list[dict]) -> list[str]:
     return sorted(gated - present)
 
 
-def write_baseline(path: Path, values: dict[str, float], previous: dict | None, source: dict) -> None:
-    """Current values become the baseline; tolerances already chosen in the file are kept."""
+def incomplete(records: list[dict], info: dict) -> str | None:
+    """'incomplete run (4 of 12 units)' when the run stopped before its plan's end, else None."""
+    planned = info.get("units")
+    if planned and len(records) < planned:
+        return f"incomplete run ({len(records)} of {planned} units): finish it with run --resume"
+    return None
+
+
+def write_baseline(
+    path: Path, values: dict[str, float], previous: dict | None, source: dict, shares: dict | None = None
+) -> None:
+    """Current values become the baseline; tolerances already chosen in the file are kept; a pooled
+    speed metric keeps its tasks' shares."""
     old = (previous or {}).get("metrics", {})
     metrics = {}
     for metric, value in sorted(values.items()):
         kind, tol = _tolerance(metric, old.get(metric, {}))
         metrics[metric] = {"value": round(value, 6), "kind": kind, "tolerance": tol}
+        if metric in (shares or {}):
+            metrics[metric]["tasks"] = {t: [round(log_sum, 6), n] for t, (log_sum, n) in sorted(shares[metric].items())}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"source": source, "metrics": metrics}, indent=1) + "\n")

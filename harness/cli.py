@@ -481,16 +481,19 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from harness.check import current_metrics, read_baseline, write_baseline
+    from harness.check import current_metrics, incomplete, read_baseline, speed_shares, write_baseline
     from harness.results import RunDirectory
 
     records, info = RunDirectory(args.run).load()
     values = current_metrics(records)
     path = Path(args.baseline)
     if args.update_baseline:
+        cut = incomplete(records, info)
+        if cut:
+            raise HarnessError(f"{args.run}: {cut}; a baseline is made from a whole run")
         previous = read_baseline(path) if path.exists() else None
         source = {"run": str(args.run), "config": info.get("config"), "machine": info.get("machine")}
-        write_baseline(path, values, previous, source)
+        write_baseline(path, values, previous, source, speed_shares(records))
         print(f"baseline written: {path} ({len(values)} metrics)")
         return 0
     failures = _gate_metrics(read_baseline(path), values, records, info)
@@ -502,10 +505,10 @@ def _cmd_check(args) -> int:
 def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict) -> list[str]:
     """Print every gated metric against the baseline; return what fails beyond them, one line each
     (a regression count, tasks of the baseline the run lacks, unscored records, exactness)."""
-    from harness.check import absent_tasks, exactness_failures, gate
+    from harness.check import absent_tasks, exactness_failures, gate, incomplete, speed_shares
 
     absent = absent_tasks(baseline, records)
-    verdicts = [v for v in gate(baseline, values) if v.metric.split("/", 1)[0] not in absent]
+    verdicts = [v for v in gate(baseline, values, speed_shares(records)) if v.metric.split("/", 1)[0] not in absent]
     print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
     for v in verdicts:
         print(v.line())
@@ -515,6 +518,9 @@ def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict)
         + (f"; {failed} regressed" if failed else "")
     )
     failures = [f"{failed} metrics regressed"] if failed else []
+    cut = incomplete(records, info)
+    if cut:  # its metrics describe part of the plan: not a regression, not a pass either
+        failures.insert(0, cut)
     if absent:
         why = "the run had no --data-dir; " if not info.get("data_dir") else ""
         failures.append(

@@ -41,7 +41,7 @@ def summarize(records: list[dict]):
     import pandas as pd
 
     df = pd.DataFrame(records)
-    ar = df[(df.decoder == "ar")].groupby(["task", "problem_id", "temperature"])["tokens_per_s"].mean()
+    ar = ar_speeds(df)
     rows = []
     for key, g in df.groupby(GROUP, dropna=False, sort=True):
         rows.append(
@@ -55,7 +55,7 @@ def summarize(records: list[dict]):
                 "configuration": "; ".join(sorted(set(g.configuration.dropna()))) if "configuration" in g else "",
                 **_pass_at_ks(g),
                 **_acceptance(g),
-                **paired_speedup(_log_speed_ratios(g, ar)),
+                **paired_speedup(log_speed_ratios(g, ar)),
                 **_exactness(g),
                 "repeated_line_share": _repeated_line_share(g),
             }
@@ -113,7 +113,12 @@ def _repeated_line_share(g) -> float | None:
     return float(sum(map(has_repeated_line, texts)) / len(texts)) if len(texts) else None
 
 
-def _log_speed_ratios(g, ar) -> list[float]:
+def ar_speeds(df):
+    """AR's tokens/s per (task, problem, temperature): what every paired ratio divides by."""
+    return df[df.decoder == "ar"].groupby(["task", "problem_id", "temperature"])["tokens_per_s"].mean()
+
+
+def log_speed_ratios(g, ar) -> list[float]:
     """Per problem, the mean log of its records' tokens/s over AR's on the same problem and
     temperature: samples of one problem are not independent, problems are."""
     logs: dict[str, list[float]] = {}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.check import incomplete
 from harness.errors import HarnessError
 from harness.figures import plot_pass_at_k, plot_speedup, plot_vs_k
 from harness.metrics import GROUP, summarize
@@ -187,6 +188,11 @@ def render(
         raise HarnessError(f"output directory '{out}' is not writable ({exc.strerror})") from None
     tables = {label: summarize(records) for label, (records, _) in runs.items()}
     sections: list[tuple[str, str]] = []
+    for label, (records, info) in runs.items():
+        cut = incomplete(records, info)
+        if cut:
+            print(f"sdsat-bench: warning: {label}: {cut}", file=sys.stderr)
+            sections.append(("Warning", f"<p><b>{html.escape(label)}: {html.escape(cut)}</b></p>"))
     if len(runs) == 1:
         (label, (records, info)), table = next(iter(runs.items())), next(iter(tables.values()))
         _write_tables(table, out, "summary")

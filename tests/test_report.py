@@ -81,3 +81,71 @@ def test_score_executes_saved_completions_later(tmp_path, tiny_checkpoint, capsy
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 9 and all(r["passed"] is not None and r["status"] for r in records)
     assert "pass@1" in (out / "summary.csv").read_text()
+
+
+def _speed_record(task: str, problem: int, decoder: str, tokens_per_s: float) -> dict:
+    k = 0 if decoder == "ar" else 3
+    return {
+        "task": task,
+        "problem_id": str(problem),
+        "decoder": decoder,
+        "k": k,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "accept": "-",
+        "sample_idx": 0,
+        "tokens_per_s": tokens_per_s,
+        "drafted": 0,
+        "accepted": 0,
+        "loops": 1,
+        "new_tokens": 1,
+        "forward_passes": 1,
+        "decode_s": 1.0,
+        "accept_rate": None,
+        "identical_to_ar": True,
+        "passed": None,
+    }
+
+
+def test_the_speed_gate_compares_the_tasks_both_runs_have(tmp_path):
+    """A HumanEval-only run against a baseline pooled over two tasks: humaneval's share alone is
+    compared, not the run's HumanEval against the two-task pool."""
+    from harness.check import current_metrics, gate, speed_shares, write_baseline
+
+    both = [
+        _speed_record(t, p, d, s)
+        for t, ratio in (("humaneval", 2.0), ("multiple-js", 1.0))
+        for p in range(6)
+        for d, s in (("ar", 10.0), ("sdsat", 10.0 * ratio))
+    ]
+    path = tmp_path / "baseline.json"
+    write_baseline(path, current_metrics(both), None, {}, speed_shares(both))
+    baseline = json.loads(path.read_text())
+    metric = "all-tasks/sdsat/k=3:speedup"
+    assert baseline["metrics"][metric]["value"] == pytest.approx(2**0.5)
+    humaneval_only = [r for r in both if r["task"] == "humaneval"]
+    [verdict] = [
+        v for v in gate(baseline, current_metrics(humaneval_only), speed_shares(humaneval_only)) if v.metric == metric
+    ]
+    assert verdict.ok and verdict.baseline == pytest.approx(2.0) and verdict.value == pytest.approx(2.0)
+    assert "over humaneval" in verdict.tolerance
+    slower = [{**r, "tokens_per_s": 11.0} if r["decoder"] == "sdsat" else r for r in humaneval_only]
+    [verdict] = [v for v in gate(baseline, current_metrics(slower), speed_shares(slower)) if v.metric == metric]
+    assert not verdict.ok  # 1.1x against humaneval's 2.0x: a regression the pooled 1.41x would have hidden
+
+
+def test_check_and_report_call_a_cut_run_incomplete(run_dir, tmp_path, capsys):
+    cut = tmp_path / "cut"
+    shutil.copytree(run_dir, cut)
+    lines = (cut / "results.jsonl").read_text().splitlines(keepends=True)
+    (cut / "results.jsonl").write_text("".join(lines[:4]))
+    baseline = tmp_path / "baseline.json"
+    assert main(["check", str(run_dir), "--baseline", str(baseline), "--update-baseline"]) == 0
+    capsys.readouterr()
+    assert main(["check", str(cut), "--baseline", str(baseline)]) == 1
+    assert "FAIL  incomplete run (4 of 9 units): finish it with run --resume" in capsys.readouterr().out
+    assert main(["check", str(cut), "--baseline", str(tmp_path / "b2.json"), "--update-baseline"]) == 2
+    assert "a baseline is made from a whole run" in capsys.readouterr().err
+    assert main(["report", str(cut), "--out", str(tmp_path / "r")]) == 0
+    assert "incomplete run (4 of 9 units)" in capsys.readouterr().err
+    assert "incomplete run (4 of 9 units)" in (tmp_path / "r" / "report.html").read_text()
