@@ -16,6 +16,8 @@ from pathlib import Path
 
 from harness.errors import HarnessError
 
+NOISY_NOTE = "timed while the machine was busy (less CPU time per wall second than the run's median, by 25%+)"
+
 # metric -> (kind, default tolerance): "rel" tolerances are fractions of the baseline value.
 GATED = {
     "tokens_per_forward": ("rel", 0.05),
@@ -71,11 +73,15 @@ def speed_shares(records: list[dict]) -> dict[str, dict[str, tuple[float, int]]]
     log speed ratio over AR, number of problems)."""
     import pandas as pd
 
-    from harness.metrics import GROUP, ar_speeds, log_speed_ratios
+    from harness.metrics import GROUP, ar_speeds, log_speed_ratios, mark_noisy
 
-    df = pd.DataFrame(records)
+    df = mark_noisy(pd.DataFrame(records))
     if df.empty or "tokens_per_s" not in df:
         return {}
+    # A noisy record says how busy the machine was, not how fast its decoder is: its problem leaves the
+    # gate (the AR record it is paired with too).
+    noisy = set(zip(df.task[df.noisy], df.problem_id[df.noisy], strict=True))
+    df = df[[(t, p) not in noisy for t, p in zip(df.task, df.problem_id, strict=True)]]
     ar = ar_speeds(df)
     shares: dict[str, dict[str, tuple[float, int]]] = {}
     for key, g in df[df.decoder != "ar"].groupby(GROUP, dropna=False, sort=True):
@@ -170,6 +176,19 @@ def absent_tasks(baseline: dict, records: list[dict]) -> list[str]:
     present = {r["task"] for r in records}
     gated = {metric.split("/", 1)[0] for metric in baseline["metrics"]} - {"all-tasks"}
     return sorted(gated - present)
+
+
+def noisy_problems(records: list[dict]) -> tuple[int, int]:
+    """(problems with a noisy record, problems): what the speed gate left out, of how many."""
+    import pandas as pd
+
+    from harness.metrics import mark_noisy
+
+    df = mark_noisy(pd.DataFrame(records))
+    if df.empty:
+        return 0, 0
+    keys = list(zip(df.task, df.problem_id, strict=True))
+    return len({k for k, n in zip(keys, df.noisy, strict=True) if n}), len(set(keys))
 
 
 def incomplete(records: list[dict], info: dict) -> str | None:

@@ -23,6 +23,9 @@ GROUP = ["task", "decoder", "k", "temperature", "top_p", "accept"]
 # Fewer problems than this get no interval: a t-interval on 2 problems has one degree of freedom and
 # spanned 1e-9..7e9 on a speedup; with 5 its t quantile is 2.78, three times what 164 problems give.
 MIN_PROBLEMS_FOR_INTERVAL = 5
+# A record is noisy when its process got this much less CPU time per second of wall time than the run's
+# median record: another process took the cores while it was timed (a quiet 2-core run keeps within 10%).
+NOISY_MARGIN = 0.25
 Z95 = 1.959963984540054
 
 
@@ -40,7 +43,7 @@ def summarize(records: list[dict]):
     """One row per task x decoder x k x sampling settings, computed from records alone."""
     import pandas as pd
 
-    df = pd.DataFrame(records)
+    df = mark_noisy(pd.DataFrame(records))
     ar = ar_speeds(df)
     rows = []
     for key, g in df.groupby(GROUP, dropna=False, sort=True):
@@ -57,6 +60,7 @@ def summarize(records: list[dict]):
                 **_acceptance(g),
                 **paired_speedup(log_speed_ratios(g, ar)),
                 **_exactness(g),
+                "noisy": float(g.noisy.mean()) if g.noisy.any() else 0.0,
                 "repeated_line_share": _repeated_line_share(g),
             }
         )
@@ -111,6 +115,18 @@ def _repeated_line_share(g) -> float | None:
     """Share of the completions with a repeated line (the model's repetition, as its card reports)."""
     texts = g.completion.dropna() if "completion" in g else []
     return float(sum(map(has_repeated_line, texts)) / len(texts)) if len(texts) else None
+
+
+def mark_noisy(df):
+    """Column ``noisy``: decode CPU time per wall second below (1 - NOISY_MARGIN) x the run's median
+    (records without a CPU time, or from before it was kept, are never noisy)."""
+    df = df.copy()
+    if "decode_cpu_s" not in df or "decode_s" not in df:
+        df["noisy"] = False
+        return df
+    share = df.decode_cpu_s.astype(float) / df.decode_s.astype(float).where(df.decode_s > 0)
+    df["noisy"] = (share < share.median() * (1 - NOISY_MARGIN)).fillna(False).astype(bool)
+    return df
 
 
 def ar_speeds(df):

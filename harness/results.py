@@ -70,6 +70,7 @@ class Record(WorkUnit):
     tokens_per_forward: float | None = None
     prefill_s: float | None = None
     decode_s: float | None = None
+    decode_cpu_s: float | None = None  # process CPU time while decoding (a busy machine shows in it)
     tokens_per_s: float | None = None
     tokens_per_s_e2e: float | None = None
     peak_memory_bytes: int | None = None

@@ -149,3 +149,32 @@ def test_check_and_report_call_a_cut_run_incomplete(run_dir, tmp_path, capsys):
     assert main(["report", str(cut), "--out", str(tmp_path / "r")]) == 0
     assert "incomplete run (4 of 9 units)" in capsys.readouterr().err
     assert "incomplete run (4 of 9 units)" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_noisy_records_leave_the_speed_gate_and_are_counted(tmp_path, capsys):
+    """A problem timed while another process took the cores (less CPU time per wall second than the
+    run's median) is left out of the pooled speedup, and the summary says how much of a row was noisy."""
+    from harness.check import current_metrics, write_baseline
+    from harness.cli import _gate_metrics
+    from harness.metrics import summarize
+
+    quiet = [
+        {**_speed_record("humaneval", p, d, s), "decode_cpu_s": 1.8}
+        for p in range(6)
+        for d, s in (("ar", 10.0), ("sdsat", 20.0))
+    ]
+    path = tmp_path / "baseline.json"
+    write_baseline(path, current_metrics(quiet), None, {})
+    baseline = json.loads(path.read_text())
+    # problem 0's sdsat record was timed on a busy machine: half the speed, half the CPU time per second
+    busy = [
+        {**r, "tokens_per_s": 5.0, "decode_cpu_s": 0.9} if r["problem_id"] == "0" and r["decoder"] == "sdsat" else r
+        for r in quiet
+    ]
+    row = summarize(busy).set_index("decoder").loc["sdsat"]
+    assert row["noisy"] == pytest.approx(1 / 6)
+    assert _gate_metrics(baseline, current_metrics(busy), busy, {"units": len(busy), "data_dir": "d"}) == []
+    assert "1 of 6 problems timed while the machine was busy" in capsys.readouterr().out
+    every = [{**r, "decode_cpu_s": 0.9} if r["decoder"] == "sdsat" else r for r in quiet]
+    failures = _gate_metrics(baseline, current_metrics(every), every, {"units": len(every), "data_dir": "d"})
+    assert len(failures) == 1 and failures[0].startswith("1 speedups not measured: every problem was noisy")

@@ -31,4 +31,4 @@ class AutoregressiveDecoder:
         s.prefill()
         with s.decoding() as t:
             autoregressive_loop(s)
-        return s.result(t.seconds)
+        return s.result(t)

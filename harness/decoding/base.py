@@ -69,6 +69,7 @@ class Stats:
     prefill_passes: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
+    decode_cpu_s: float | None = None  # the process's CPU time while decoding (harness.metrics: noisy)
     peak_memory_bytes: int | None = None
     loops: list[LoopRecord] = field(default_factory=list)
     # False where the loop runs inside another library (transformers' generate): drafted, accepted and
@@ -122,6 +123,7 @@ class Stats:
             "tokens_per_forward": self.tokens_per_forward,
             "prefill_s": self.prefill_s,
             "decode_s": self.decode_s,
+            "decode_cpu_s": self.decode_cpu_s,
             "tokens_per_s": self.tokens_per_s,
             "tokens_per_s_e2e": self.tokens_per_s_e2e,
             "peak_memory_bytes": self.peak_memory_bytes,
@@ -223,7 +225,9 @@ class TokenSink:
 
 
 class Timer:
-    """Wall-clock timer that synchronises the device, so GPU timings measure finished work."""
+    """Wall-clock timer that synchronises the device, so GPU timings measure finished work; beside
+    it the process's CPU time over the same span (all threads), which a busy machine takes from it
+    while the wall clock runs on."""
 
     def __init__(self, device: torch.device):
         self.device = device
@@ -231,8 +235,10 @@ class Timer:
     def __enter__(self) -> Timer:
         hf_compat.synchronize(self.device)
         self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
         return self
 
     def __exit__(self, *exc) -> None:
         hf_compat.synchronize(self.device)
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start

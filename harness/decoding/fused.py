@@ -128,7 +128,7 @@ class FusedSdsatDecoder:
             s.emit([s.pending])  # the first new token came from the prefill pass
             s.record(drafted=0, accepted=0, emitted=1, forwards=0)
             self._loop(s, draft_logits)
-        return s.result(t.seconds)
+        return s.result(t)
 
     def _loop(self, s: DecodeSession, draft_logits: torch.Tensor | None) -> None:
         full, k = self.blocks[s.sampling.greedy], self.k

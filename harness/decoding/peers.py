@@ -175,6 +175,8 @@ class HfGenerateDecoder:
         stats = Stats(
             prefill_s=prefill_s,
             decode_s=t.seconds - prefill_s,
+            # generate's prefill is not timed apart on the CPU clock: its share of the wall time stands for it
+            decode_cpu_s=t.cpu_seconds * (t.seconds - prefill_s) / t.seconds if t.seconds > 0 else None,
             prefill_passes=1,
             forward_passes=max(0, clock.passes - 1),
             loops_observed=False,

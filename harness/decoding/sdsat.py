@@ -141,4 +141,4 @@ class SdsatDecoder:
             else:
                 verify = partial(verify_tree, tree=self.tree, rule=self.accept)
                 two_step_loop(s, self.adaptive_ids[: self.tree.depth], verify, drafted=self.tree.depth)
-        return s.result(t.seconds)
+        return s.result(t)

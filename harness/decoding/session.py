@@ -121,8 +121,8 @@ class DecodeSession:
     def decoding(self) -> Timer:
         return Timer(self.lm.device)
 
-    def result(self, decode_s: float) -> Generation:
-        self.stats.decode_s = decode_s
+    def result(self, timer: Timer) -> Generation:
+        self.stats.decode_s, self.stats.decode_cpu_s = timer.seconds, timer.cpu_seconds
         self.stats.new_tokens = len(self.sink.tokens)
         self.stats.peak_memory_bytes = hf_compat.peak_memory_bytes(self.lm.device)
         return Generation(list(self.sink.tokens), self.sink.text, self.sink.stop_reason or "max_new_tokens", self.stats)
