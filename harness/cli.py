@@ -143,6 +143,12 @@ def _run_parser(sub) -> None:
     p.add_argument(
         "--n-samples", type=int, help=f"samples per problem at temperature > 0 (default {default_text('n_samples')})"
     )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="time each generation N times and keep the median-time one, robust to a busy machine "
+        f"(default {default_text('repeats')})",
+    )
     p.add_argument("--limit", type=int, help="first N problems of each task")
     p.add_argument("--max-new-tokens", type=int, help=f"default {default_text('max_new_tokens')}")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
@@ -363,7 +369,7 @@ def _cmd_run(args) -> int:
         raise HarnessError(f"--data-dir: not a directory: {args.data_dir}")
     opts, suite_models = _run_settings(args)
     check_sampling(opts["temperatures"], opts["top_p"], args.top_k, opts["max_new_tokens"])
-    for flag, value in (("--limit", opts["limit"]), ("--n-samples", opts["n_samples"])):
+    for flag, value in (("--limit", opts["limit"]), ("--n-samples", opts["n_samples"]), ("--repeats", opts["repeats"])):
         if value is not None and value < 1:
             raise HarnessError(f"{flag} must be at least 1, got {value}")
     _quiet_libraries()  # the first import of transformers: after the arguments are checked

@@ -26,6 +26,7 @@ class RunConfig:
     top_k: int = 0
     accepts: tuple[str, ...] = ("exact",)
     n_samples: int = 1
+    repeats: int = 1  # times each generation is timed; its record keeps the median-time one
     limit: int | None = None
     max_new_tokens: int = 256
     device: str = "cpu"
@@ -80,6 +81,7 @@ SETTINGS: tuple[tuple[str, str, Callable], ...] = (
     ("top_p", "top_p", float),
     ("accept", "accepts", _items(str)),
     ("n_samples", "n_samples", int),
+    ("repeats", "repeats", int),
     ("limit", "limit", _optional_int),
     ("max_new_tokens", "max_new_tokens", int),
     ("draft_model", "draft_model", lambda v: v),

@@ -310,3 +310,26 @@ def test_check_names_absent_tasks_instead_of_calling_them_regressions(capsys, tm
     baseline.write_text(json.dumps(data))
     assert main(["check", str(out), "--baseline", str(baseline)]) == 2
     assert "malformed entry" in capsys.readouterr().err
+
+
+def test_repeats_time_each_generation_and_keep_the_median(tmp_path, tiny_checkpoint, monkeypatch):
+    """--repeats 3: every generation runs three times (same seed, same tokens) and its record keeps
+    the median decode time; a value below 1 is refused before the model loads."""
+    from harness.decoding.autoregressive import AutoregressiveDecoder
+
+    calls = []
+    original = AutoregressiveDecoder.generate
+
+    def counted(self, *args, **kwargs):
+        gen = original(self, *args, **kwargs)
+        calls.append(gen.tokens)
+        return gen
+
+    monkeypatch.setattr(AutoregressiveDecoder, "generate", counted)
+    out = tmp_path / "run"
+    args = ["--tasks", "humaneval", "--decoders", "ar", "--limit", "2", "--max-new-tokens", "4", "--repeats", "3"]
+    assert main(["run", "--model", str(tiny_checkpoint), *args, "--out", str(out)]) == 0
+    timed = calls[-6:]  # after the warm-up: 2 problems x 3 repeats
+    assert timed[0] == timed[1] == timed[2] and timed[3] == timed[4] == timed[5]
+    assert json.loads((out / "run.json").read_text())["config"]["repeats"] == 3
+    assert main(["run", "--model", "x", *args[:-1], "0", "--out", str(tmp_path / "y")]) == 2
