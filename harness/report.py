@@ -52,7 +52,28 @@ def _img(path: Path | None) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="", border=0, classes="t")
+    """A table that scrolls inside the page's width instead of widening it."""
+    table = df.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="", border=0, classes="t")
+    return f'<div class="w">{table}</div>'
+
+
+def _summary_html(table: pd.DataFrame) -> str:
+    """The summary as a page shows it: the compact columns with their intervals, each configuration a
+    short label explained under the table (summary.csv has every column and the full text)."""
+    cols = []
+    for c in [*COMPACT[:6], "pass@10", *COMPACT[6:]]:  # each metric followed by its interval
+        cols += [x for x in (c, f"{c}_lo", f"{c}_hi") if x in table.columns]
+    view = table[list(dict.fromkeys(cols))].copy()
+    legend = ""
+    if "configuration" in table.columns and table.configuration.any():
+        labels = {c: f"C{i + 1}" for i, c in enumerate(dict.fromkeys(table.configuration.fillna("")))}
+        view.insert(2, "configuration", table.configuration.fillna("").map(labels))
+        legend = (
+            "<ul>"
+            + "".join(f"<li><b>{label}</b>: {html.escape(text) or '(none)'}</li>" for text, label in labels.items())
+            + "</ul>"
+        )
+    return _table_html(view) + legend + "<p>Every column: summary.csv / summary.md.</p>"
 
 
 def write_html(out: Path, title: str, sections: list[tuple[str, str]]) -> Path:
@@ -60,7 +81,7 @@ def write_html(out: Path, title: str, sections: list[tuple[str, str]]) -> Path:
         "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
         "table.t{border-collapse:collapse;font-size:12px}table.t td,table.t th{padding:2px 6px;"
         "border-bottom:1px solid #ddd;text-align:right}img{max-width:100%}pre{background:#f5f5f5;"
-        "padding:.5em;overflow-x:auto;font-size:12px}"
+        "padding:.5em;overflow-x:auto;font-size:12px}div.w{overflow-x:auto}table.t td{white-space:nowrap}"
     )
     body = "".join(f"<h2>{html.escape(h)}</h2>{content}" for h, content in sections)
     page = (
@@ -86,6 +107,7 @@ COMPACT = [
     "identical_to_ar",
     "diverged_numerical",
     "diverged_mismatch",
+    "noisy",
     "unavailable",
 ]
 
@@ -197,7 +219,7 @@ def render(
         (label, (records, info)), table = next(iter(runs.items())), next(iter(tables.values()))
         _write_tables(table, out, "summary")
         figures = _run_figures(_frame(records), table, out)
-        sections.append(("Summary", _scoring_note(records) + _table_html(table)))
+        sections.append(("Summary", _scoring_note(records) + _summary_html(table)))
         if probe:
             projected, heading = projection_table(records, table, probe, probe_engine)
             _write_tables(projected, out, "projection")
@@ -223,7 +245,7 @@ def render(
                     f"Run {label}",
                     f"<p>model {html.escape(str(info.get('model_path')))}; "
                     f"{html.escape(str(machine.get('devices') or machine.get('platform')))}</p>"
-                    + _table_html(tables[label])
+                    + _summary_html(tables[label])
                     + "".join(_img(f) for f in figures),
                 )
             )
