@@ -116,26 +116,35 @@ def default_text(field_name: str) -> str:
 
 
 def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
-    """AR (k=0) comes first for each problem so that later records can say whether they equal it."""
+    """A problem's units run back to back. AR (k=0) comes first so that later records can say whether
+    they equal it; the other decoders follow in alternating order, forward on even problems and reversed
+    on odd ones, so that a machine slowing down or speeding up during a problem favours none of them."""
+    units = []
+    for n, (task, p) in enumerate((t, p) for t, ps in problems.items() for p in ps):
+        for temp in cfg.temperatures:
+            ar, rest = _problem_units(cfg, task, p, temp)
+            units += ar + (rest if n % 2 == 0 else rest[::-1])
+    return units
+
+
+def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[WorkUnit], list[WorkUnit]]:
+    """One problem's units at one temperature: AR's, and every other decoder's (and the control)."""
     from harness.decoding import decoder_spec
 
-    units = []
-    for task, probs in problems.items():
-        for p in probs:
-            for temp in cfg.temperatures:
-                samples = cfg.n_samples if temp > 0 else 1
-                for decoder in sorted(cfg.decoders, key=lambda d: d != "ar"):
-                    if decoder == REFERENCE:
-                        if p.reference is not None and temp == 0:
-                            units.append(WorkUnit(task, p.problem_id, decoder, 0, temp, "-", 0))
-                        continue
-                    spec = decoder_spec(decoder)
-                    accepts = cfg.accepts if spec.takes_k and temp > 0 else ("-",)
-                    for k in spec.lengths(cfg.ks):
-                        for accept in accepts:
-                            for s in range(samples):
-                                units.append(WorkUnit(task, p.problem_id, decoder, k, temp, accept, s))
-    return units
+    ar, rest = [], []
+    samples = cfg.n_samples if temp > 0 else 1
+    for decoder in cfg.decoders:
+        if decoder == REFERENCE:
+            if p.reference is not None and temp == 0:
+                rest.append(WorkUnit(task, p.problem_id, decoder, 0, temp, "-", 0))
+            continue
+        spec = decoder_spec(decoder)
+        accepts = cfg.accepts if spec.takes_k and temp > 0 else ("-",)
+        for k in spec.lengths(cfg.ks):
+            for accept in accepts:
+                for s in range(samples):
+                    (ar if decoder == "ar" else rest).append(WorkUnit(task, p.problem_id, decoder, k, temp, accept, s))
+    return ar, rest
 
 
 def my_problems(problems: dict[str, list], shard) -> dict[str, list]:

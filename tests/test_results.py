@@ -195,3 +195,12 @@ def test_comparison_deltas_against_the_first_run_and_differing_settings():
     assert list(table["Δ tokens_per_forward"]) == [0.0, 0.5] and list(table["Δ pass@1"]) == [0.0, -0.25]
     infos = {"one": {"config": {"model": "a", "dtype": "fp32"}}, "two": {"config": {"model": "b", "dtype": "bf16"}}}
     assert config_differences(infos) == ["dtype"]
+
+
+def test_plan_alternates_the_decoders_order_from_problem_to_problem():
+    cfg = RunConfig(model="m", tasks=("humaneval",), decoders=("ar", "sdsat", "sdsat-fused"), ks=(3,))
+    units = plan(cfg, {"humaneval": PROBLEMS["humaneval"][:2]})
+    first, second = units[:3], units[3:]
+    assert [u.decoder for u in first] == ["ar", "sdsat", "sdsat-fused"]
+    assert [u.decoder for u in second] == ["ar", "sdsat-fused", "sdsat"]  # AR first still: the reference
+    assert first[0].problem_id != second[0].problem_id
