@@ -178,6 +178,7 @@ def _report_parsers(sub) -> None:
         help="project the run's acceptance onto a probe's cost curve (sdsat-bench probe)",
     )
     p.add_argument("--probe-engine", default="compile", help="which of the probe's engines to project onto")
+    p.add_argument("--svg", action="store_true", help="every figure also as SVG (for papers)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("probe", help="decode cost at a model shape on this card (synthetic weights, no download)")
@@ -447,7 +448,7 @@ def _unjudged(results: Path) -> int:
 def _cmd_report(args) -> int:
     from harness.report import render
 
-    print(f"report: {render(args.runs, args.out, args.probe, args.probe_engine)}")
+    print(f"report: {render(args.runs, args.out, args.probe, args.probe_engine, args.svg)}")
     return 0
 
 
@@ -514,6 +515,7 @@ def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict)
     from harness.check import (
         NOISY_NOTE,
         absent_tasks,
+        busy_run,
         exactness_failures,
         gate,
         incomplete,
@@ -537,6 +539,9 @@ def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict)
     )
     if noisy:
         print(f"{noisy} of {problems} problems {NOISY_NOTE}: left out of the speed gate")
+    shared = busy_run(records, info)
+    if shared:
+        print(f"note: {shared}")
     failures = [f"{failed} metrics regressed"] if failed else []
     if unmeasured:
         failures.append(f"{len(unmeasured)} speedups not measured: every problem was noisy, {NOISY_NOTE}")

@@ -1,7 +1,8 @@
 """The report's figures, drawn as the paper prints them (its Figures 3 and 4 are accept rate and
 tokens/s against the number of adaptive tokens, per task family).
 
-Every figure is written twice, as PNG for ``report.html`` and as SVG for papers. Legends sit outside
+Every figure is a PNG for ``report.html``, and also an SVG for papers when asked (``report --svg``;
+committed reports keep PNGs only, to stay lean). Legends sit outside
 the plot area; a setting whose lines would overlap gets a panel per task; k ticks are integers;
 bands are 95% t-intervals over problems clipped to the metric's domain, drawn only from
 MIN_PROBLEMS_FOR_INTERVAL problems on."""
@@ -17,8 +18,8 @@ import pandas as pd
 from harness.decoding import DECODERS_WITH_K
 from harness.metrics import MIN_PROBLEMS_FOR_INTERVAL
 
-PANEL_SIZE = (4.4, 3.2)  # inches; at DPI that is 528 x 384 px a panel
-DPI = 120
+PANEL_SIZE = (4.4, 3.2)  # inches; at DPI that is 440 x 320 px a panel, legends beside
+DPI = 100
 MAX_COLUMNS = 3
 MAX_LINES_PER_PANEL = 5  # beyond this the lines and bands of one panel cannot be told apart
 CONTROL = "reference"  # the dataset's own solutions: shows the tests run, is no decoder
@@ -67,8 +68,8 @@ def _grid(n_panels: int, columns: int = MAX_COLUMNS, sharex: bool = False):
     return fig, flat[:n_panels]
 
 
-def save(fig, out: Path) -> Path:
-    """``out`` as PNG (the path returned) and the same figure as SVG beside it."""
+def save(fig, out: Path, svg: bool = False) -> Path:
+    """``out`` as PNG (the path returned) and, with ``svg``, the same figure as SVG beside it."""
     handles, labels = [], []
     for ax in fig.axes:
         for h, label in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -78,7 +79,8 @@ def save(fig, out: Path) -> Path:
     if handles:
         fig.legend(handles, labels, loc="outside right upper", fontsize=8, frameon=False)
     fig.savefig(out, dpi=DPI)
-    fig.savefig(out.with_suffix(".svg"))
+    if svg:
+        fig.savefig(out.with_suffix(".svg"))
     _pyplot().close(fig)
     return out
 
@@ -123,19 +125,27 @@ def _title(temp: float, accept: str, tasks: list[str], many: bool) -> str:
     return (", ".join(tasks) + " · " if many else "") + _setting(temp, accept)
 
 
+def _color(task: str, decoder: str, tasks: list[str], label_task: bool) -> str:
+    """The same line keeps its colour in every panel: by task where a panel holds several tasks (the
+    decoder is then the line style), else by decoder."""
+    index = tasks.index(task) if label_task and len(tasks) > 1 else DECODERS_WITH_K.index(decoder)
+    return f"C{index % 10}"
+
+
 def _k_lines(ax, records: pd.DataFrame, metric: str, tasks: list[str], label_task: bool) -> None:
-    """One line per task and decoder: the per-generation metric's mean against k, with its band."""
-    for (task, decoder), g in records[records.task.isin(tasks)].groupby(["task", "decoder"]):
-        if decoder == "ar":
-            continue
+    """One line per task and decoder that takes k (the peers have no k: they are in speedup.png): the
+    per-generation metric's mean against k, with its band."""
+    mine = records[records.task.isin(tasks) & records.decoder.isin(DECODERS_WITH_K)]
+    for (task, decoder), g in mine.groupby(["task", "decoder"]):
         ar = records[(records.task == task) & (records.decoder == "ar")]
         g = pd.concat([ar, g]) if metric in AR_AT_K0 else g
         stats = [(k, *mean_band(gk[metric], DOMAIN[metric])) for k, gk in g.groupby("k")]
         ks, means, los, his = (np.array(x, dtype=float) for x in zip(*stats, strict=True))
         style = "--" if decoder == "sdsat-fused" else "-"
         label = f"{task} {decoder}" if label_task else decoder
-        (line,) = ax.plot(ks, means, style, marker="o", ms=3, label=label)
-        ax.fill_between(ks, los, his, alpha=0.15, color=line.get_color(), lw=0)
+        color = _color(task, decoder, tasks, label_task)
+        ax.plot(ks, means, style, marker="o", ms=3, label=label, color=color)
+        ax.fill_between(ks, los, his, alpha=0.15, color=color, lw=0)
 
 
 def _speedup_lines(ax, table: pd.DataFrame, tasks: list[str], temp: float, accept: str, label_task: bool) -> None:
@@ -150,12 +160,16 @@ def _speedup_lines(ax, table: pd.DataFrame, tasks: list[str], temp: float, accep
         lo = np.concatenate([[1.0], g.speedup_lo.to_numpy(float, na_value=np.nan)])
         hi = np.concatenate([[1.0], g.speedup_hi.to_numpy(float, na_value=np.nan)])
         style = "--" if decoder == "sdsat-fused" else "-"
-        (line,) = ax.plot(ks, mean, style, marker="o", ms=3, label=f"{task} {decoder}" if label_task else decoder)
-        ax.fill_between(ks, lo, hi, alpha=0.15, color=line.get_color(), lw=0)
+        color = _color(task, decoder, tasks, label_task)
+        label = f"{task} {decoder}" if label_task else decoder
+        ax.plot(ks, mean, style, marker="o", ms=3, label=label, color=color)
+        ax.fill_between(ks, lo, hi, alpha=0.15, color=color, lw=0)
     ax.axhline(1.0, color="black", lw=0.8)
 
 
-def plot_vs_k(records: pd.DataFrame, metric: str, ylabel: str, out: Path, table: pd.DataFrame | None = None):
+def plot_vs_k(
+    records: pd.DataFrame, metric: str, ylabel: str, out: Path, table: pd.DataFrame | None = None, svg: bool = False
+):
     """``metric`` per generation against k; with ``table``, a paired speedup panel beside each."""
     spec = records[records.decoder.isin(DECODERS_WITH_K) & records[metric].notna()]
     if spec.empty:
@@ -178,10 +192,10 @@ def plot_vs_k(records: pd.DataFrame, metric: str, ylabel: str, out: Path, table:
             sp.set(title=_title(temp, accept, tasks, many), ylabel="speedup over AR (paired, 95% CI)")
             sp.set_ylim(bottom=0)
             _integer_k(sp, ar_drawn=True)
-    return save(fig, out)
+    return save(fig, out, svg)
 
 
-def plot_speedup(table: pd.DataFrame, out: Path) -> Path | None:
+def plot_speedup(table: pd.DataFrame, out: Path, svg: bool = False) -> Path | None:
     """Paired speedup over AR (geometric mean, 95% interval where there are enough problems) by task
     and decoder, at each decoder's best k."""
     rows = table[(table.decoder != "ar") & table.speedup.notna()]
@@ -210,10 +224,10 @@ def plot_speedup(table: pd.DataFrame, out: Path) -> Path | None:
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="tokens/s over AR (paired, 95% CI)", title="speedup over AR at the best k")
     ax.set_ylim(bottom=0)
-    return save(fig, out)
+    return save(fig, out, svg)
 
 
-def plot_pass_at_k(comparison: pd.DataFrame, out: Path) -> Path | None:
+def plot_pass_at_k(comparison: pd.DataFrame, out: Path, svg: bool = False) -> Path | None:
     """pass@k per task, a bar per run and decoder (k pooled: greedy decoders are exact), with 95%
     intervals; the control (the dataset's reference solutions) is a marker of its own, never a bar."""
     cols = [c for c in ("pass@1", "pass@10") if c in comparison.columns and comparison[c].notna().any()]
@@ -245,4 +259,4 @@ def plot_pass_at_k(comparison: pd.DataFrame, out: Path) -> Path | None:
         ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
         ax.set(ylabel=f"{col} (95% CI)", title=col)
         ax.set_ylim(0, 1.05)
-    return save(fig, out)
+    return save(fig, out, svg)

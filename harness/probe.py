@@ -293,8 +293,8 @@ def plot_cost(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for engine, data in result["engines"].items():
-        blocks = sorted(int(q) for q in data["cost_ms"])
-        ax.plot(blocks, [data["cost_ms"][q] for q in blocks], marker="o", label=f"{engine}")
+        cost = {int(q): ms for q, ms in data["cost_ms"].items()}  # keys are text once read from probe.json
+        ax.plot(sorted(cost), [cost[q] for q in sorted(cost)], marker="o", label=f"{engine}")
     step = result["roofline"].get("step_ms_nominal")
     if step:
         ax.axhline(step, linestyle="--", color="grey", label="HBM roofline (weights / bandwidth)")
@@ -306,7 +306,6 @@ def plot_cost(result: dict, path: Path) -> None:
     ax.set_title(f"{name} on {result['card']}, {result['dtype']}\n(synthetic weights: cost only)", fontsize=10)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=120)
-    fig.savefig(path.with_suffix(".svg"))
     plt.close(fig)
 
 

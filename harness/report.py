@@ -160,12 +160,16 @@ def _frame(records: list[dict]) -> pd.DataFrame:
     return df
 
 
-def _run_figures(df: pd.DataFrame, table: pd.DataFrame, out: Path, prefix: str = "") -> list[Path | None]:
+def _run_figures(
+    df: pd.DataFrame, table: pd.DataFrame, out: Path, prefix: str = "", svg: bool = False
+) -> list[Path | None]:
     return [
-        plot_vs_k(df, "accept_rate", "accept rate (per generation)", out / f"{prefix}accept_rate_vs_k.png"),
-        plot_vs_k(df, "tokens_per_s", "tokens/s (decode)", out / f"{prefix}tokens_per_s_vs_k.png", table),
-        plot_vs_k(df, "tokens_per_forward", "tokens per forward pass", out / f"{prefix}tokens_per_forward_vs_k.png"),
-        plot_speedup(table, out / f"{prefix}speedup.png"),
+        plot_vs_k(df, "accept_rate", "accept rate (per generation)", out / f"{prefix}accept_rate_vs_k.png", svg=svg),
+        plot_vs_k(df, "tokens_per_s", "tokens/s (decode)", out / f"{prefix}tokens_per_s_vs_k.png", table, svg),
+        plot_vs_k(
+            df, "tokens_per_forward", "tokens per forward pass", out / f"{prefix}tokens_per_forward_vs_k.png", svg=svg
+        ),
+        plot_speedup(table, out / f"{prefix}speedup.png", svg),
     ]
 
 
@@ -193,10 +197,15 @@ def projection_table(
 
 
 def render(
-    run_dirs: list[str], out_dir: str | None = None, probe: str | None = None, probe_engine: str = "compile"
+    run_dirs: list[str],
+    out_dir: str | None = None,
+    probe: str | None = None,
+    probe_engine: str = "compile",
+    svg: bool = False,
 ) -> Path:
     """One run: its summary, figures and report.html (into the run directory unless ``out_dir``).
-    Several runs: each one's figures plus a side-by-side comparison with deltas against the first."""
+    Several runs: each one's figures plus a side-by-side comparison with deltas against the first.
+    ``svg``: every figure also as SVG, for papers."""
     runs = {}
     for d in run_dirs:
         label = Path(d).resolve().name
@@ -218,7 +227,7 @@ def render(
     if len(runs) == 1:
         (label, (records, info)), table = next(iter(runs.items())), next(iter(tables.values()))
         _write_tables(table, out, "summary")
-        figures = _run_figures(_frame(records), table, out)
+        figures = _run_figures(_frame(records), table, out, svg=svg)
         sections.append(("Summary", _scoring_note(records) + _summary_html(table)))
         if probe:
             projected, heading = projection_table(records, table, probe, probe_engine)
@@ -236,9 +245,9 @@ def render(
             print(f"sdsat-bench: warning: {warning}", file=sys.stderr)
             sections.append(("Warning", f"<p><b>{html.escape(warning)}</b></p>"))
         sections.append((f"Comparison (Δ against {next(iter(runs))})", _table_html(comparison)))
-        sections.append(("pass@k by run", _img(plot_pass_at_k(comparison, out / "pass_at_k.png"))))
+        sections.append(("pass@k by run", _img(plot_pass_at_k(comparison, out / "pass_at_k.png", svg))))
         for i, (label, (records, info)) in enumerate(runs.items()):
-            figures = _run_figures(_frame(records), tables[label], out, prefix=f"run{i}_")
+            figures = _run_figures(_frame(records), tables[label], out, prefix=f"run{i}_", svg=svg)
             machine = info.get("machine", {})
             sections.append(
                 (

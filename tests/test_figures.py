@@ -51,7 +51,7 @@ def _records(tasks: list[str], decoders=("sdsat", "sdsat-fused"), ks=(1, 3, 5), 
 def captured(monkeypatch):
     """The figures drawn, kept open instead of saved."""
     drawn = []
-    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig) or out)
+    monkeypatch.setattr(figures, "save", lambda fig, out, svg=False: drawn.append(fig) or out)
     return drawn
 
 
@@ -122,6 +122,8 @@ def test_pass_at_k_draws_the_control_apart_from_the_decoders(captured, tmp_path)
     assert "control: reference solutions" in labels and "base: ar" in labels and "sdsat: sdsat" in labels
 
 
-def test_figures_are_written_as_png_and_svg(tmp_path):
+def test_figures_are_png_and_on_request_svg(tmp_path):
     out = figures.plot_vs_k(_records(["humaneval"]), "accept_rate", "accept rate", tmp_path / "a.png")
-    assert out == tmp_path / "a.png" and out.stat().st_size > 0 and (tmp_path / "a.svg").stat().st_size > 0
+    assert out == tmp_path / "a.png" and out.stat().st_size > 0 and not (tmp_path / "a.svg").exists()
+    figures.plot_vs_k(_records(["humaneval"]), "accept_rate", "accept rate", tmp_path / "b.png", svg=True)
+    assert (tmp_path / "b.svg").stat().st_size > 0
