@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import HarnessError
+from harness.metrics import NOISY_MARGIN
 
 NOISY_NOTE = "timed while the machine was busy (less CPU time per wall second than the run's median, by 25%+)"
 
@@ -189,6 +190,26 @@ def noisy_problems(records: list[dict]) -> tuple[int, int]:
         return 0, 0
     keys = list(zip(df.task, df.problem_id, strict=True))
     return len({k for k, n in zip(keys, df.noisy, strict=True) if n}), len(set(keys))
+
+
+def busy_run(records: list[dict], info: dict) -> str | None:
+    """A CPU run whose median record got 25%+ less CPU time per wall second than its torch threads
+    could use: the whole run shared the machine (the per-record flag, relative to the run's median,
+    cannot see a load that lasted throughout)."""
+    machine = info.get("machine") or {}
+    threads = machine.get("torch_threads") if isinstance(machine, dict) else None
+    if (info.get("config") or {}).get("device", "cpu") != "cpu" or not threads:
+        return None
+    shares = [r["decode_cpu_s"] / r["decode_s"] for r in records if r.get("decode_cpu_s") and r.get("decode_s")]
+    if not shares:
+        return None
+    median = sorted(shares)[len(shares) // 2]
+    if median >= threads * (1 - NOISY_MARGIN):
+        return None
+    return (
+        f"the whole run shared its machine: a record got {median:.2f} CPU-seconds per second of {threads} "
+        "threads (median); its speed ratios are paired, its absolute timings are not this machine's"
+    )
 
 
 def incomplete(records: list[dict], info: dict) -> str | None:

@@ -178,3 +178,14 @@ def test_noisy_records_leave_the_speed_gate_and_are_counted(tmp_path, capsys):
     every = [{**r, "decode_cpu_s": 0.9} if r["decoder"] == "sdsat" else r for r in quiet]
     failures = _gate_metrics(baseline, current_metrics(every), every, {"units": len(every), "data_dir": "d"})
     assert len(failures) == 1 and failures[0].startswith("1 speedups not measured: every problem was noisy")
+
+
+def test_a_run_that_shared_its_machine_throughout_is_named_so():
+    from harness.check import busy_run
+
+    info = {"config": {"device": "cpu"}, "machine": {"torch_threads": 2}}
+    quiet = [{"decode_s": 1.0, "decode_cpu_s": 1.99}] * 5
+    loaded = [{"decode_s": 1.0, "decode_cpu_s": 0.8}] * 5  # measured: two busy loops beside the smoke suite
+    assert busy_run(quiet, info) is None
+    assert "0.80 CPU-seconds per second of 2 threads" in busy_run(loaded, info)
+    assert busy_run(loaded, {"config": {"device": "cuda"}, "machine": {"torch_threads": 16}}) is None
