@@ -136,22 +136,31 @@ def read_baseline(path: Path) -> dict:
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise HarnessError(f"baseline '{path}' is not a baseline file (expected JSON with 'metrics')") from None
     for metric, entry in metrics.items():
-        name = metric.rsplit(":", 1)[-1]
-        value = entry.get("value") if isinstance(entry, dict) else None
-        if ":" not in metric or name not in GATED or isinstance(value, bool) or not isinstance(value, int | float):
-            raise HarnessError(
-                f"baseline '{path}': malformed entry '{metric}' (expected TASK/DECODER/k=K:METRIC "
-                f"with one of {', '.join(GATED)} and a numeric 'value')"
-            )
-        if entry.get("kind", "abs") not in ("abs", "rel") or not isinstance(entry.get("tolerance", 0), int | float):
-            raise HarnessError(f"baseline '{path}': entry '{metric}' has a malformed kind or tolerance")
-        shares = entry.get("tasks", {})
-        if not isinstance(shares, dict) or not all(
-            isinstance(v, list) and len(v) == 2 and isinstance(v[0], int | float) and isinstance(v[1], int) and v[1] > 0
-            for v in shares.values()
-        ):
-            raise HarnessError(f"baseline '{path}': entry '{metric}' has malformed task shares")
+        _check_entry(path, metric, entry)
     return baseline
+
+
+def _share_ok(share) -> bool:
+    """[sum of log ratios, problems]: a task's share of a pooled speedup."""
+    return (
+        isinstance(share, list) and len(share) == 2 and isinstance(share[0], int | float) and isinstance(share[1], int)
+    )
+
+
+def _check_entry(path: Path, metric: str, entry) -> None:
+    """One baseline entry: TASK/DECODER/k=K:METRIC with a numeric value, kind, tolerance and task shares."""
+    name = metric.rsplit(":", 1)[-1]
+    value = entry.get("value") if isinstance(entry, dict) else None
+    if ":" not in metric or name not in GATED or isinstance(value, bool) or not isinstance(value, int | float):
+        raise HarnessError(
+            f"baseline '{path}': malformed entry '{metric}' (expected TASK/DECODER/k=K:METRIC "
+            f"with one of {', '.join(GATED)} and a numeric 'value')"
+        )
+    if entry.get("kind", "abs") not in ("abs", "rel") or not isinstance(entry.get("tolerance", 0), int | float):
+        raise HarnessError(f"baseline '{path}': entry '{metric}' has a malformed kind or tolerance")
+    shares = entry.get("tasks", {})
+    if not isinstance(shares, dict) or not all(_share_ok(v) and v[1] > 0 for v in shares.values()):
+        raise HarnessError(f"baseline '{path}': entry '{metric}' has malformed task shares")
 
 
 def exactness_failures(records: list[dict], info: dict) -> list[str]:
@@ -210,6 +219,21 @@ def busy_run(records: list[dict], info: dict) -> str | None:
         f"the whole run shared its machine: a record got {median:.2f} CPU-seconds per second of {threads} "
         "threads (median); its speed ratios are paired, its absolute timings are not this machine's"
     )
+
+
+def unmeasured_speedups(verdicts: list[MetricResult], records: list[dict]) -> list[MetricResult]:
+    """Speed verdicts without a value because every problem was noisy: not measured, not regressed."""
+    if not noisy_problems(records)[0]:
+        return []
+    return [v for v in verdicts if not v.ok and v.value is None and v.metric.endswith(":speedup")]
+
+
+def speed_notes(records: list[dict], info: dict) -> list[str]:
+    """What the gate says of the machine: problems left out as noisy, a run that shared it throughout."""
+    noisy, problems = noisy_problems(records)
+    notes = [f"{noisy} of {problems} problems {NOISY_NOTE}: left out of the speed gate"] if noisy else []
+    shared = busy_run(records, info)
+    return notes + ([f"note: {shared}"] if shared else [])
 
 
 def incomplete(records: list[dict], info: dict) -> str | None:

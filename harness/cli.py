@@ -511,43 +511,36 @@ def _cmd_check(args) -> int:
 
 def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict) -> list[str]:
     """Print every gated metric against the baseline; return what fails beyond them, one line each
-    (a regression count, tasks of the baseline the run lacks, unscored records, exactness)."""
-    from harness.check import (
-        NOISY_NOTE,
-        absent_tasks,
-        busy_run,
-        exactness_failures,
-        gate,
-        incomplete,
-        noisy_problems,
-        speed_shares,
-    )
+    (regressions, speedups a busy machine left unmeasured, a cut run, absent tasks, unscored records,
+    exactness)."""
+    from harness.check import NOISY_NOTE, absent_tasks, gate, speed_notes, speed_shares, unmeasured_speedups
 
     absent = absent_tasks(baseline, records)
     verdicts = [v for v in gate(baseline, values, speed_shares(records)) if v.metric.split("/", 1)[0] not in absent]
     print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
     for v in verdicts:
         print(v.line())
-    noisy, problems = noisy_problems(records)
-    # A speedup with no quiet problem left was not measured: a busy machine, not a regression.
-    unmeasured = [v for v in verdicts if noisy and not v.ok and v.value is None and v.metric.endswith(":speedup")]
+    unmeasured = unmeasured_speedups(verdicts, records)  # a busy machine, not a regression
     failed = sum(not v.ok for v in verdicts) - len(unmeasured)
     print(
         f"{len(verdicts) - failed - len(unmeasured)}/{len(verdicts)} metrics within tolerance"
         + (f"; {failed} regressed" if failed else "")
         + (f"; {len(unmeasured)} not measured" if unmeasured else "")
     )
-    if noisy:
-        print(f"{noisy} of {problems} problems {NOISY_NOTE}: left out of the speed gate")
-    shared = busy_run(records, info)
-    if shared:
-        print(f"note: {shared}")
+    for line in speed_notes(records, info):
+        print(line)
     failures = [f"{failed} metrics regressed"] if failed else []
     if unmeasured:
         failures.append(f"{len(unmeasured)} speedups not measured: every problem was noisy, {NOISY_NOTE}")
+    return failures + _run_failures(records, info, absent)
+
+
+def _run_failures(records: list[dict], info: dict, absent: list[str]) -> list[str]:
+    """What fails a run apart from its metrics: cut short, tasks absent, records unscored, exactness."""
+    from harness.check import exactness_failures, incomplete
+
     cut = incomplete(records, info)
-    if cut:  # its metrics describe part of the plan: not a regression, not a pass either
-        failures.insert(0, cut)
+    failures = [cut] if cut else []  # its metrics describe part of the plan: not a regression, not a pass
     if absent:
         why = "the run had no --data-dir; " if not info.get("data_dir") else ""
         failures.append(

@@ -51,13 +51,13 @@ def _setting(temperature: float, accept: str) -> str:
     return "greedy" if temperature == 0 else f"T={temperature:g}, accept={accept}"
 
 
-def _grid(n_panels: int, columns: int = MAX_COLUMNS, sharex: bool = False):
+def _grid(n_panels: int, columns: int = MAX_COLUMNS, sharex: bool = False, width: float = PANEL_SIZE[0]):
     cols = min(n_panels, columns)
     rows = math.ceil(n_panels / cols)
     fig, axes = _pyplot().subplots(
         rows,
         cols,
-        figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows),
+        figsize=(width * cols, PANEL_SIZE[1] * rows),
         squeeze=False,
         layout="constrained",
         sharex=sharex,
@@ -233,7 +233,8 @@ def plot_pass_at_k(comparison: pd.DataFrame, out: Path, svg: bool = False) -> Pa
     cols = [c for c in ("pass@1", "pass@10") if c in comparison.columns and comparison[c].notna().any()]
     if not cols:
         return None
-    fig, axes = _grid(len(cols), columns=2)
+    n_bars = comparison.task.nunique() * comparison[comparison.decoder != CONTROL].groupby(["run", "decoder"]).ngroups
+    fig, axes = _grid(len(cols), columns=2, width=max(PANEL_SIZE[0], 1.5 + 0.5 * n_bars))
     for ax, col in zip(axes, cols, strict=True):
         sub = comparison[comparison[col].notna()]
         control = sub[sub.decoder == CONTROL].groupby("task")[col].mean()
@@ -252,7 +253,8 @@ def plot_pass_at_k(comparison: pd.DataFrame, out: Path, svg: bool = False) -> Pa
                     (agg[f"{col}_hi"] - agg[col]).fillna(0).clip(lower=0),
                 ]
             label = f"{run}: {decoder}" + ("" if temp == 0 else f" T={temp:g}")
-            ax.bar(x, agg[col], width, yerr=err, capsize=2, label=label)
+            drawn = ax.bar(x, agg[col], width, yerr=err, capsize=2, label=label)
+            ax.bar_label(drawn, fmt="%.2f", fontsize=6, padding=1)  # a bar at 0 is still read
         if len(control):
             x = np.array([tasks.index(t) for t in control.index]) + 0.4 - width / 2
             ax.scatter(x, control.values, marker="_", s=400, color="black", label="control: reference solutions")

@@ -196,6 +196,17 @@ def projection_table(
     return merged, title
 
 
+def _incomplete_warnings(runs: dict) -> list[tuple[str, str]]:
+    """A run cut short is said so, on the terminal and at the top of the page."""
+    sections = []
+    for label, (records, info) in runs.items():
+        cut = incomplete(records, info)
+        if cut:
+            print(f"sdsat-bench: warning: {label}: {cut}", file=sys.stderr)
+            sections.append(("Warning", f"<p><b>{html.escape(label)}: {html.escape(cut)}</b></p>"))
+    return sections
+
+
 def render(
     run_dirs: list[str],
     out_dir: str | None = None,
@@ -219,11 +230,7 @@ def render(
         raise HarnessError(f"output directory '{out}' is not writable ({exc.strerror})") from None
     tables = {label: summarize(records) for label, (records, _) in runs.items()}
     sections: list[tuple[str, str]] = []
-    for label, (records, info) in runs.items():
-        cut = incomplete(records, info)
-        if cut:
-            print(f"sdsat-bench: warning: {label}: {cut}", file=sys.stderr)
-            sections.append(("Warning", f"<p><b>{html.escape(label)}: {html.escape(cut)}</b></p>"))
+    sections += _incomplete_warnings(runs)
     if len(runs) == 1:
         (label, (records, info)), table = next(iter(runs.items())), next(iter(tables.values()))
         _write_tables(table, out, "summary")

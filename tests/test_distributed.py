@@ -17,7 +17,7 @@ from harness.cli import main
 pytestmark = pytest.mark.xdist_group("distributed")
 
 RUN = ["--tasks", "humaneval", "--decoders", "ar,sdsat", "--k", "1,2", "--limit", "5", "--max-new-tokens", "6"]
-MEASURED = ("prefill_s", "decode_s", "tokens_per_s", "tokens_per_s_e2e", "device")
+MEASURED = ("prefill_s", "decode_s", "decode_cpu_s", "tokens_per_s", "tokens_per_s_e2e", "device")
 
 
 # --multi_gpu is accelerate's torchrun launcher; on a machine without CUDA its processes use gloo

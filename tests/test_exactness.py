@@ -37,7 +37,7 @@ class OffByOneSdsat(SdsatDecoder):
         s.prefill()
         with s.decoding() as t:
             two_step_loop(s, self.adaptive_ids, off_by_one_verify, drafted=self.k)
-        return s.result(t.seconds)
+        return s.result(t)
 
 
 def _pairs(dtype, decoder_factory, seed=0):
