@@ -17,7 +17,9 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.metrics import NOISY_MARGIN
 
-NOISY_NOTE = "timed while the machine was busy (less CPU time per wall second than the run's median, by 25%+)"
+NOISY_NOTE = (
+    f"timed while the machine was busy (less CPU time per wall second than the run's median, by {NOISY_MARGIN:.0%}+)"
+)
 
 # metric -> (kind, default tolerance): "rel" tolerances are fractions of the baseline value.
 GATED = {
@@ -209,11 +211,12 @@ def busy_run(records: list[dict], info: dict) -> str | None:
     threads = machine.get("torch_threads") if isinstance(machine, dict) else None
     if (info.get("config") or {}).get("device", "cpu") != "cpu" or not threads:
         return None
-    shares = [r["decode_cpu_s"] / r["decode_s"] for r in records if r.get("decode_cpu_s") and r.get("decode_s")]
-    if not shares:
-        return None
-    median = sorted(shares)[len(shares) // 2]
-    if median >= threads * (1 - NOISY_MARGIN):
+    import pandas as pd
+
+    from harness.metrics import cpu_shares
+
+    median = cpu_shares(pd.DataFrame(records)).median()
+    if pd.isna(median) or median >= threads * (1 - NOISY_MARGIN):
         return None
     return (
         f"the whole run shared its machine: a record got {median:.2f} CPU-seconds per second of {threads} "

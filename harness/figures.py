@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from harness.decoding import DECODERS_WITH_K
-from harness.metrics import MIN_PROBLEMS_FOR_INTERVAL
+from harness.metrics import t_interval
 
 PANEL_SIZE = (4.4, 3.2)  # inches; at DPI that is 440 x 320 px a panel, legends beside
 DPI = 100
@@ -96,17 +96,13 @@ def _integer_k(ax, ar_drawn: bool) -> None:
 def mean_band(values: pd.Series, domain: tuple[float, float]) -> tuple[float, float, float]:
     """Mean of per-problem values and its 95% t-interval clipped to ``domain`` (NaN below
     MIN_PROBLEMS_FOR_INTERVAL values)."""
-    v = values.dropna().astype(float).to_numpy()
+    v = values.dropna()
     if len(v) == 0:
         return np.nan, np.nan, np.nan
-    mean = float(v.mean())
-    if len(v) < MIN_PROBLEMS_FOR_INTERVAL:
+    mean, lo, hi = t_interval(v)
+    if lo is None:
         return mean, np.nan, np.nan
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    lo, hi = domain
-    return mean, float(np.clip(mean - half, lo, hi)), float(np.clip(mean + half, lo, hi))
+    return mean, float(np.clip(lo, *domain)), float(np.clip(hi, *domain))
 
 
 def _panels(spec: pd.DataFrame) -> list[tuple[float, str, list[str]]]:

@@ -117,14 +117,21 @@ def _repeated_line_share(g) -> float | None:
     return float(sum(map(has_repeated_line, texts)) / len(texts)) if len(texts) else None
 
 
+def cpu_shares(df):
+    """Each record's decode CPU time per wall second (NaN where either is missing or zero): about the
+    torch threads on a quiet CPU machine, less when another process takes the cores."""
+    import pandas as pd
+
+    if "decode_cpu_s" not in df or "decode_s" not in df:
+        return pd.Series(np.nan, index=df.index, dtype=float)
+    return df.decode_cpu_s.astype(float) / df.decode_s.astype(float).where(df.decode_s > 0)
+
+
 def mark_noisy(df):
     """Column ``noisy``: decode CPU time per wall second below (1 - NOISY_MARGIN) x the run's median
     (records without a CPU time, or from before it was kept, are never noisy)."""
     df = df.copy()
-    if "decode_cpu_s" not in df or "decode_s" not in df:
-        df["noisy"] = False
-        return df
-    share = df.decode_cpu_s.astype(float) / df.decode_s.astype(float).where(df.decode_s > 0)
+    share = cpu_shares(df)
     df["noisy"] = (share < share.median() * (1 - NOISY_MARGIN)).fillna(False).astype(bool)
     return df
 
@@ -159,20 +166,27 @@ def _exactness(g) -> dict:
     }
 
 
+def t_interval(values) -> tuple[float, float | None, float | None]:
+    """Mean of independent values and its 95% t-interval; no interval below MIN_PROBLEMS_FOR_INTERVAL
+    values (the report's bands and the paired speedups both stand on it)."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean())
+    if len(v) < MIN_PROBLEMS_FOR_INTERVAL:
+        return mean, None, None
+    from scipy import stats
+
+    half = float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return mean, mean - half, mean + half
+
+
 def paired_speedup(log_ratios: list[float]) -> dict:
     """Geometric mean of per-problem speed ratios (given as logs) with a 95% t-interval on the logs,
     none below MIN_PROBLEMS_FOR_INTERVAL problems."""
     if not log_ratios:
         return {"speedup": None, "speedup_lo": None, "speedup_hi": None}
-    logs = np.asarray(log_ratios, dtype=float)
-    mean = logs.mean()
-    if len(logs) < MIN_PROBLEMS_FOR_INTERVAL:
-        return {"speedup": float(np.exp(mean)), "speedup_lo": None, "speedup_hi": None}
-    from scipy import stats
-
-    half = stats.t.ppf(0.975, len(logs) - 1) * logs.std(ddof=1) / np.sqrt(len(logs))
+    mean, lo, hi = t_interval(log_ratios)
     return {
         "speedup": float(np.exp(mean)),
-        "speedup_lo": float(np.exp(mean - half)),
-        "speedup_hi": float(np.exp(mean + half)),
+        "speedup_lo": None if lo is None else float(np.exp(lo)),
+        "speedup_hi": None if hi is None else float(np.exp(hi)),
     }
