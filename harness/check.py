@@ -55,19 +55,22 @@ def metric_key(row, metric: str) -> str:
     return "/".join(parts) + f":{metric}"
 
 
-def current_metrics(records: list[dict]) -> dict[str, float]:
+def current_metrics(records: list[dict], shares: dict | None = None) -> dict[str, float]:
     """Per task: the machine-independent metrics. Speed: the paired speedup over AR pooled over every
-    problem of every task (``all-tasks``), since a handful of problems per task is too noisy to gate."""
+    problem of every task (``all-tasks``), since a handful of problems per task is too noisy to gate
+    (``shares``: speed_shares(records), where the caller has them already)."""
     from harness.metrics import summarize
 
+    if shares is None:
+        shares = speed_shares(records)
     values = {}
     for _, row in summarize(records).iterrows():
         for metric in (m for m in GATED if m != "speedup"):
             v = row.get(metric)
             if v is not None and not (isinstance(v, float) and math.isnan(v)):
                 values[metric_key(row, metric)] = float(v)
-    for metric, shares in speed_shares(records).items():
-        values[metric] = pooled(shares)
+    for metric, tasks in shares.items():
+        values[metric] = pooled(tasks)
     return values
 
 
@@ -224,16 +227,16 @@ def busy_run(records: list[dict], info: dict) -> str | None:
     )
 
 
-def unmeasured_speedups(verdicts: list[MetricResult], records: list[dict]) -> list[MetricResult]:
-    """Speed verdicts without a value because every problem was noisy: not measured, not regressed."""
-    if not noisy_problems(records)[0]:
+def unmeasured_speedups(verdicts: list[MetricResult], noisy: int) -> list[MetricResult]:
+    """Speed verdicts without a value because every problem was noisy (``noisy``: how many problems
+    were): not measured, not regressed."""
+    if not noisy:
         return []
     return [v for v in verdicts if not v.ok and v.value is None and v.metric.endswith(":speedup")]
 
 
-def speed_notes(records: list[dict], info: dict) -> list[str]:
+def speed_notes(records: list[dict], info: dict, noisy: int, problems: int) -> list[str]:
     """What the gate says of the machine: problems left out as noisy, a run that shared it throughout."""
-    noisy, problems = noisy_problems(records)
     notes = [f"{noisy} of {problems} problems {NOISY_NOTE}: left out of the speed gate"] if noisy else []
     shared = busy_run(records, info)
     return notes + ([f"note: {shared}"] if shared else [])

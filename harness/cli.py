@@ -492,7 +492,8 @@ def _cmd_check(args) -> int:
     from harness.results import RunDirectory
 
     records, info = RunDirectory(args.run).load()
-    values = current_metrics(records)
+    shares = speed_shares(records)
+    values = current_metrics(records, shares)
     path = Path(args.baseline)
     if args.update_baseline:
         cut = incomplete(records, info)
@@ -500,34 +501,46 @@ def _cmd_check(args) -> int:
             raise HarnessError(f"{args.run}: {cut}; a baseline is made from a whole run")
         previous = read_baseline(path) if path.exists() else None
         source = {"run": str(args.run), "config": info.get("config"), "machine": info.get("machine")}
-        write_baseline(path, values, previous, source, speed_shares(records))
+        write_baseline(path, values, previous, source, shares)
         print(f"baseline written: {path} ({len(values)} metrics)")
         return 0
-    failures = _gate_metrics(read_baseline(path), values, records, info)
+    failures = _gate_metrics(read_baseline(path), values, records, info, shares)
     for line in failures:
         print(f"FAIL  {line}")
     return 1 if failures else 0
 
 
-def _gate_metrics(baseline: dict, values: dict, records: list[dict], info: dict) -> list[str]:
+def _gate_metrics(
+    baseline: dict, values: dict, records: list[dict], info: dict, shares: dict | None = None
+) -> list[str]:
     """Print every gated metric against the baseline; return what fails beyond them, one line each
     (regressions, speedups a busy machine left unmeasured, a cut run, absent tasks, unscored records,
-    exactness)."""
-    from harness.check import NOISY_NOTE, absent_tasks, gate, speed_notes, speed_shares, unmeasured_speedups
+    exactness). ``shares``: the run's speed_shares, where the caller has them already."""
+    from harness.check import (
+        NOISY_NOTE,
+        absent_tasks,
+        gate,
+        noisy_problems,
+        speed_notes,
+        speed_shares,
+        unmeasured_speedups,
+    )
 
     absent = absent_tasks(baseline, records)
-    verdicts = [v for v in gate(baseline, values, speed_shares(records)) if v.metric.split("/", 1)[0] not in absent]
+    shares = speed_shares(records) if shares is None else shares
+    verdicts = [v for v in gate(baseline, values, shares) if v.metric.split("/", 1)[0] not in absent]
     print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
     for v in verdicts:
         print(v.line())
-    unmeasured = unmeasured_speedups(verdicts, records)  # a busy machine, not a regression
+    noisy, problems = noisy_problems(records)
+    unmeasured = unmeasured_speedups(verdicts, noisy)  # a busy machine, not a regression
     failed = sum(not v.ok for v in verdicts) - len(unmeasured)
     print(
         f"{len(verdicts) - failed - len(unmeasured)}/{len(verdicts)} metrics within tolerance"
         + (f"; {failed} regressed" if failed else "")
         + (f"; {len(unmeasured)} not measured" if unmeasured else "")
     )
-    for line in speed_notes(records, info):
+    for line in speed_notes(records, info, noisy, problems):
         print(line)
     failures = [f"{failed} metrics regressed"] if failed else []
     if unmeasured:
