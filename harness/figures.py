@@ -37,7 +37,7 @@ DOMAIN = {
 AR_AT_K0 = {"tokens_per_s", "tokens_per_forward", "speedup"}
 
 
-def _pyplot():
+def pyplot():
     """matplotlib's pyplot on the file-only backend, imported when a figure is first drawn."""
     import matplotlib
 
@@ -54,7 +54,7 @@ def _setting(temperature: float, accept: str) -> str:
 def _grid(n_panels: int, columns: int = MAX_COLUMNS, sharex: bool = False, width: float = PANEL_SIZE[0]):
     cols = min(n_panels, columns)
     rows = math.ceil(n_panels / cols)
-    fig, axes = _pyplot().subplots(
+    fig, axes = pyplot().subplots(
         rows,
         cols,
         figsize=(width * cols, PANEL_SIZE[1] * rows),
@@ -81,7 +81,7 @@ def save(fig, out: Path, svg: bool = False) -> Path:
     fig.savefig(out, dpi=DPI)
     if svg:
         fig.savefig(out.with_suffix(".svg"))
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out
 
 
@@ -200,7 +200,7 @@ def plot_speedup(table: pd.DataFrame, out: Path, svg: bool = False) -> Path | No
     best = rows.loc[rows.groupby(["task", "decoder", "temperature", "accept"], dropna=False).speedup.idxmax()]
     tasks = list(dict.fromkeys(best.task))
     series = sorted(set(zip(best.decoder, best.temperature, best.accept, strict=True)), key=str)
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(PANEL_SIZE[0], 0.5 * len(tasks) * len(series) + 2), 3.8), layout="constrained")
     width = 0.8 / len(series)
     for i, (decoder, temp, accept) in enumerate(series):

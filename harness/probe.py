@@ -286,11 +286,9 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
 
 
 def plot_cost(result: dict, path: Path) -> None:
-    import matplotlib
+    from harness.figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
     for engine, data in result["engines"].items():
         cost = {int(q): ms for q, ms in data["cost_ms"].items()}  # keys are text once read from probe.json
