@@ -3,6 +3,7 @@ the FIM transform, a few optimisation steps, and a full tiny run whose checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import random
@@ -155,6 +156,24 @@ def test_rerun_skips_finished_stages(tiny_recipe):
     cfg = RecipeConfig(work=str(tiny_recipe), roots=("unused",), mb_per_lang={}, max_k=4, eval_prompts=0)
     run(cfg, stages=("corpus", "tokenizer", "tokens", "pretrain", "sdsat"), log=lambda *_: None)
     assert (tiny_recipe / "sdsat" / "config.json").stat().st_mtime == before
+
+
+def test_compare_stage_trains_with_the_recipes_settings(tiny_recipe):
+    """The compare stage's variants get the settings every other stage gets (it once built its own
+    TrainConfig and dropped the step count, bf16 and gradient accumulation)."""
+    cfg = RecipeConfig(
+        work=str(tiny_recipe), roots=("unused",), mb_per_lang={}, max_k=4, n_groups=4, seq_len=64, batch_size=4
+    )
+    cfg = dataclasses.replace(cfg, max_steps=2, grad_accum=2, eval_prompts=1, eval_max_new_tokens=4)
+    run(cfg, stages=("compare",), log=lambda *_: None)
+    compared = json.loads((tiny_recipe / "compare.json").read_text())
+    assert set(compared) == {"sdsat", "sdsat-distill", "naive"}
+    for name, result in compared.items():
+        settings = result["summary"]["config"]
+        assert result["summary"]["steps"] == 2 and settings["max_steps"] == 2, name
+        assert settings["grad_accum"] == 2 and settings["bf16"] == cfg.bf16, name
+    assert compared["sdsat-distill"]["summary"]["config"]["distill"] is True
+    assert compared["naive"]["summary"]["config"]["mode"] == "naive"
 
 
 def test_sdsat_training_step_reduces_loss():

@@ -19,11 +19,11 @@ from harness.training.data import encode_documents
 from harness.training.evaluation import greedy_acceptance, heldout_metrics, humaneval_prompts
 from harness.training.stages import StageRunner
 from harness.training.tokenizer import train_bpe_tokenizer
-from harness.training.train import TrainConfig, train
+from harness.training.train import train
 
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
-VARIANTS = {"sdsat": {"mode": "sdsat"}, "sdsat-distill": {"mode": "sdsat", "distill": True}, "naive": {"mode": "naive"}}
+VARIANTS = {"sdsat": ("sdsat", False), "sdsat-distill": ("sdsat", True), "naive": ("naive", False)}  # mode, distill
 
 
 def run(cfg: RecipeConfig, stages: tuple[str, ...] = STAGES, log=print) -> None:
@@ -55,8 +55,7 @@ class _Recipe(StageRunner):
         self.stage("draft", self.draft_dir / "config.json", draft, every_process=True)
         if (self.sdsat_dir / "config.json").exists():
             self.stage("evaluate", None, partial(evaluate, cfg, work, self.device.type, self.log))
-        variants = partial(compare, cfg, work, self.adaptive, self.device, self.shard.is_main, self.log)
-        self.stage("compare", work / "compare.json", variants, every_process=True)
+        self.stage("compare", work / "compare.json", self.compare, every_process=True)
 
     def make_tokenizer(self) -> None:
         budget = self.cfg.tokenizer_sample_mb * 1e6
@@ -119,47 +118,47 @@ class _Recipe(StageRunner):
             summary["heldout"] = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
         self.save(model, self.sdsat_dir, "sdsat", summary, self.adaptive)
 
+    def compare(self) -> dict:
+        """Fine-tune the base with each of VARIANTS for the same time; record standard-token loss curves
+        (the paper's Figure 5 compares ours with naive insertion), held-out loss without adaptive tokens,
+        draft accuracy per offset and the greedy accept rate at k = 5 (at most) on HumanEval prompts. Every process
+        trains; the main one measures and writes. The variants' settings come from ``train_config``, as
+        the other stages' do (bf16, gradient accumulation and a fixed step count included)."""
+        from transformers import LlamaForCausalLM
 
-def compare(cfg: RecipeConfig, work: Path, adaptive, device: torch.device, is_main: bool = True, log=print) -> dict:
-    """Fine-tune the base with each of VARIANTS for the same time; record standard-token loss curves
-    (the paper's Figure 5 compares ours with naive insertion), held-out loss without adaptive tokens,
-    draft accuracy per offset and the greedy accept rate at k = 5 on HumanEval prompts. Every process
-    trains; the main one measures and writes."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+        from harness.models import LoadedModel, fim_from_tokenizer
 
-    from harness.models import LoadedModel, fim_from_tokenizer
-
-    stream = np.asarray(np.load(work / "train.npy", mmap_mode="r"))
-    heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
-    tokenizer = AutoTokenizer.from_pretrained(work / "tokenizer")
-    prompts = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
-    ids = list(adaptive.token_ids)
-    results = {}
-    for name, overrides in VARIANTS.items():
-        model = LlamaForCausalLM.from_pretrained(work / "base", dtype=torch.float32).to(device)
-        tc = TrainConfig(
-            seq_len=cfg.seq_len,
-            batch_size=cfg.batch_size,
-            lr=cfg.sdsat_lr,
-            warmup=50,
-            time_budget_s=cfg.compare_minutes * 60,
-            n_groups=cfg.n_groups,
-            log_every=10,
-            adaptive_weight=cfg.adaptive_weight,
-            seed=cfg.seed + 1,
-            **overrides,
-        )
-        model, summary = train(model, stream, tc, work / f"compare_{name}_log.jsonl", ids)
-        if not is_main:
-            continue
-        metrics = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
-        lm = LoadedModel(name, model, tokenizer, adaptive, fim_from_tokenizer(tokenizer), device, torch.float32)
-        metrics["humaneval_k5"] = greedy_acceptance(lm, prompts, 5, cfg.eval_max_new_tokens)
-        results[name] = {"summary": summary, **metrics}
-        log(f"[compare] {name}: {metrics}")
-    if is_main:
-        (work / "compare.json").write_text(json.dumps(results, indent=1))
-    return results
+        cfg, work, ids = self.cfg, self.work, list(self.adaptive.token_ids)
+        stream = np.asarray(np.load(work / "train.npy", mmap_mode="r"))
+        heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
+        prompts = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
+        results = {}
+        for name, (mode, distill) in VARIANTS.items():
+            model = LlamaForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32).to(self.device)
+            tc = self.train_config(
+                mode,
+                cfg.sdsat_lr,
+                cfg.compare_minutes,
+                seed_offset=1,
+                warmup=50,
+                log_every=10,
+                n_groups=cfg.n_groups,
+                adaptive_weight=cfg.adaptive_weight,
+                distill=distill,
+            )
+            model, summary = train(model, stream, tc, work / f"compare_{name}_log.jsonl", ids)
+            if not self.shard.is_main:
+                continue
+            metrics = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
+            fim = fim_from_tokenizer(self.tokenizer)
+            lm = LoadedModel(name, model, self.tokenizer, self.adaptive, fim, self.device, torch.float32)
+            k = min(5, self.adaptive.max_k)  # k = 5 as the paper's 7B, or every adaptive token a small model has
+            metrics[f"humaneval_k{k}"] = greedy_acceptance(lm, prompts, k, cfg.eval_max_new_tokens)
+            results[name] = {"summary": summary, **metrics}
+            self.log(f"[compare] {name}: {metrics}")
+        if self.shard.is_main:
+            (work / "compare.json").write_text(json.dumps(results, indent=1))
+        return results
 
 
 def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
