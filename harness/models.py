@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness import hf_compat
+from harness import engine as engines
 from harness.errors import HarnessError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -62,11 +62,11 @@ class LoadedModel:
     fim: FimSpec | None
     device: torch.device
     dtype: torch.dtype
-    engine: hf_compat.DecodeEngine | None = None  # how our decoders run forward passes; eager if None
+    engine: engines.DecodeEngine | None = None  # how our decoders run forward passes; eager if None
 
     def __post_init__(self) -> None:
         if self.engine is None:
-            self.engine = hf_compat.DecodeEngine(self.model)
+            self.engine = engines.DecodeEngine(self.model)
 
     @property
     def eos_token_ids(self) -> frozenset[int]:
@@ -141,8 +141,8 @@ def load_model(
 ) -> LoadedModel:
     from harness import weights
 
-    if engine not in ("auto", *hf_compat.ENGINES):
-        raise HarnessError(f"--engine: expected auto or one of {', '.join(hf_compat.ENGINES)}, got '{engine}'")
+    if engine not in ("auto", *engines.ENGINES):
+        raise HarnessError(f"--engine: expected auto or one of {', '.join(engines.ENGINES)}, got '{engine}'")
     if dtype not in DTYPES:
         raise HarnessError(f"--dtype: expected one of {', '.join(DTYPES)}, got '{dtype}'")
     torch_device = resolve_device(device)
@@ -163,5 +163,5 @@ def load_model(
         fim=fim_from_tokenizer(tokenizer),
         device=torch_device,
         dtype=DTYPES[dtype],
-        engine=hf_compat.DecodeEngine(model, engine),
+        engine=engines.DecodeEngine(model, engine),
     )

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from harness import hf_compat
+from harness.device import median_ms
+from harness.engine import DecodeEngine
 from harness.errors import HarnessError
-from harness.timing import median_ms
 
 SHAPES = {
     "codellama-7b": {
@@ -129,7 +129,7 @@ def synthetic_model(cfg: ProbeConfig):
         None,
         device,
         DTYPES[cfg.dtype],
-        hf_compat.DecodeEngine(model, "eager"),
+        DecodeEngine(model, "eager"),
     )
 
 
@@ -264,7 +264,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
     }
     results = {v: {**common, "variant": v, "engines": {}, "note": NOTE} for v in names}
     for engine in cfg.engines:
-        lm.engine = hf_compat.DecodeEngine(lm.model, engine)
+        lm.engine = DecodeEngine(lm.model, engine)
         curve = cost_curve(lm, cfg.blocks, cfg.repeats)
         for v in names:
             switch.set(v)

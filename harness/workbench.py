@@ -7,7 +7,6 @@ from __future__ import annotations
 import gc
 from dataclasses import dataclass, field
 
-from harness import hf_compat
 from harness.decoding import (
     Decoder,
     Generation,
@@ -18,6 +17,7 @@ from harness.decoding import (
     make_decoder,
     missing_draft_model,
 )
+from harness.device import keep_busy
 from harness.errors import HarnessError
 from harness.models import LoadedModel, load_model
 from harness.planning import REFERENCE, RunConfig
@@ -38,7 +38,7 @@ def warm_up(lm: LoadedModel, decoder: Decoder, sampling: SamplingParams) -> None
         decoder.generate(encode(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
         gc.collect()
         gc.freeze()
-        hf_compat.keep_busy(lm.device, seconds=1.0)
+        keep_busy(lm.device, seconds=1.0)
 
 
 def load_models(cfg: RunConfig, device: str) -> tuple[LoadedModel, LoadedModel | None]:

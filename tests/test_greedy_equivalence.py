@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import hf_compat
+from harness import engine as engines
 from harness.decoding import SamplingParams, StopCondition, make_decoder
 from harness.errors import HarnessError
 from tests.tiny import make_lm, prompt_ids
@@ -91,7 +91,7 @@ def test_hf_on_a_compiling_engine_uses_one_static_cache_and_matches_ar():
     transformers' compiled step keeps its shapes); the assisted peers cannot and say so."""
     lm = make_lm(seed=5)
     ar = make_decoder("ar", lm)
-    lm.engine = hf_compat.DecodeEngine(lm.model, "compile", backend="eager")
+    lm.engine = engines.DecodeEngine(lm.model, "compile", backend="eager")
     hf, pld = make_decoder("hf", lm), make_decoder("hf-pld", lm)
     assert hf.static_cache and "static cache" in hf.configuration
     assert not pld.static_cache and "assisted generation takes no static cache" in pld.configuration
@@ -99,7 +99,7 @@ def test_hf_on_a_compiling_engine_uses_one_static_cache_and_matches_ar():
         ids = prompt_ids(lm, prompt)
         stop = StopCondition(max_new_tokens=25)
         assert hf.generate(ids, stop, GREEDY).tokens == ar.generate(ids, stop, GREEDY).tokens
-    assert hf._cache is not None and hf._capacity == hf_compat.CAPACITY_STEP
+    assert hf._cache is not None and hf._capacity == engines.CAPACITY_STEP
 
 
 def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():
@@ -126,7 +126,7 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2)]
     runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
     expected = [make_decoder(n, lm, k=k).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
-    lm.engine = hf_compat.DecodeEngine(lm.model, mode, backend=backend)
+    lm.engine = engines.DecodeEngine(lm.model, mode, backend=backend)
     decoders = {(n, k): make_decoder(n, lm, k=k) for n, k in cases}
     for d in decoders.values():
         lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
@@ -147,7 +147,7 @@ def test_cuda_graph_engine_emits_eager_tokens():
     prompts = [prompt_ids(lm, p) for p in ("def f(a):\n", "x = 1")]
     tokens = {}
     for mode in ("eager", "compile"):
-        lm.engine = hf_compat.DecodeEngine(lm.model, mode)
+        lm.engine = engines.DecodeEngine(lm.model, mode)
         for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5)):
             decoder = make_decoder(name, lm, k=k)
             lm.engine.warm_up(decoder.block_sizes(True))

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from harness import hf_compat
-from harness.training.sdsat_batches import IGNORE, build_sdsat_batch
+from harness.training.sdsat_batches import IGNORE, batch_mask, build_sdsat_batch
 from tests.tiny import make_lm
 
 
@@ -20,7 +19,7 @@ def test_standard_logits_untouched_by_adaptive_groups():
         with_groups = lm.model(
             batch.input_ids,
             position_ids=batch.position_ids,
-            attention_mask=hf_compat.batch_mask(lm.model, batch.allowed),
+            attention_mask=batch_mask(lm.model, batch.allowed),
         ).logits
     torch.testing.assert_close(with_groups[:, : batch.seq_len], plain, atol=1e-5, rtol=1e-5)
 
@@ -36,7 +35,7 @@ def test_adaptive_logits_equal_a_draft_pass():
         logits = lm.model(
             batch.input_ids,
             position_ids=batch.position_ids,
-            attention_mask=hf_compat.batch_mask(lm.model, batch.allowed),
+            attention_mask=batch_mask(lm.model, batch.allowed),
         ).logits[0]
         for group in range(3):
             start = batch.seq_len + group * 5

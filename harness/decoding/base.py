@@ -9,14 +9,10 @@ all decoders stop at exactly the same token and tokens past a stop are never cou
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import torch
-
-from harness import hf_compat
 from harness.errors import HarnessError
 
 
@@ -222,23 +218,3 @@ class TokenSink:
                     self.stop_reason = "stop_string"
                     break
         return len(self.tokens) - start
-
-
-class Timer:
-    """Wall-clock timer that synchronises the device, so GPU timings measure finished work; beside
-    it the process's CPU time over the same span (all threads), which a busy machine takes from it
-    while the wall clock runs on."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self) -> Timer:
-        hf_compat.synchronize(self.device)
-        self.start = time.perf_counter()
-        self.cpu_start = time.process_time()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        hf_compat.synchronize(self.device)
-        self.seconds = time.perf_counter() - self.start
-        self.cpu_seconds = time.process_time() - self.cpu_start

@@ -29,8 +29,9 @@ from collections.abc import Sequence
 import torch
 from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList
 
-from harness import hf_compat
-from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, Timer, TokenSink, check_room
+from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, TokenSink, check_room
+from harness.device import Timer, synchronize
+from harness.engine import attention_kernels, static_capacity
 from harness.errors import HarnessError
 from harness.models import LoadedModel
 
@@ -77,7 +78,7 @@ class _PrefillClock:
     def __call__(self, *_) -> None:
         self.passes += 1
         if self.prefill_end is None:
-            hf_compat.synchronize(self.device)
+            synchronize(self.device)
             self.prefill_end = time.perf_counter()
 
 
@@ -118,7 +119,7 @@ class HfGenerateDecoder:
         sized per call would recompile inside timed generations)."""
         needed = max(needed, self.lm.engine.capacity)
         if self._cache is None or self._capacity < needed:
-            self._capacity = hf_compat.static_capacity(needed)
+            self._capacity = static_capacity(needed)
             self._cache = StaticCache(config=self.lm.model.config, max_cache_len=self._capacity)
         with torch.inference_mode():  # generate made its tensors inference tensors
             self._cache.reset()
@@ -160,7 +161,7 @@ class HfGenerateDecoder:
         clock = _PrefillClock(self.lm.device)
         hook = model.register_forward_hook(clock)
         try:
-            with hf_compat.attention_kernels(self.lm.device), torch.inference_mode(), Timer(self.lm.device) as t:
+            with attention_kernels(self.lm.device), torch.inference_mode(), Timer(self.lm.device) as t:
                 out = model.generate(ids, **kwargs)
         finally:
             hook.remove()

@@ -8,18 +8,17 @@ from collections.abc import Sequence
 
 import torch
 
-from harness import hf_compat
 from harness.decoding.base import (
     Generation,
     LoopRecord,
     SamplingParams,
     Stats,
     StopCondition,
-    Timer,
     TokenSink,
     check_room,
 )
 from harness.decoding.sampling import draw, make_generator, target_probs
+from harness.device import Timer, peak_memory_bytes, reset_peak_memory
 from harness.errors import HarnessError
 from harness.models import LoadedModel
 
@@ -66,7 +65,7 @@ class DecodeSession:
         self.cache.keep(prefix, tail_offsets)
 
     def prefill(self) -> None:
-        hf_compat.reset_peak_memory(self.lm.device)
+        reset_peak_memory(self.lm.device)
         with Timer(self.lm.device) as t:
             if len(self.prompt_ids) > 1:
                 self._forward(self.prompt_ids[:-1], logits_to_keep=1, prefill=True)
@@ -78,7 +77,7 @@ class DecodeSession:
         last token; plain causal attention and consecutive positions are exactly that group's layout).
         The prompt's last position gives the first new token, which becomes ``pending``; returns the
         group's (k, vocab) draft logits. The group's cache entries are dropped."""
-        hf_compat.reset_peak_memory(self.lm.device)
+        reset_peak_memory(self.lm.device)
         with Timer(self.lm.device) as t:
             logits = self._forward(
                 [*self.prompt_ids, *adaptive_ids], logits_to_keep=len(adaptive_ids) + 1, prefill=True
@@ -124,5 +123,5 @@ class DecodeSession:
     def result(self, timer: Timer) -> Generation:
         self.stats.decode_s, self.stats.decode_cpu_s = timer.seconds, timer.cpu_seconds
         self.stats.new_tokens = len(self.sink.tokens)
-        self.stats.peak_memory_bytes = hf_compat.peak_memory_bytes(self.lm.device)
+        self.stats.peak_memory_bytes = peak_memory_bytes(self.lm.device)
         return Generation(list(self.sink.tokens), self.sink.text, self.sink.stop_reason or "max_new_tokens", self.stats)

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness import hf_compat
 from harness.training.data import sample_windows
-from harness.training.sdsat_batches import IGNORE, build_sdsat_batch
+from harness.training.sdsat_batches import IGNORE, batch_mask, build_sdsat_batch
 from harness.training.train import cross_entropy
 
 
@@ -74,7 +73,7 @@ def heldout_metrics(
             std_losses.append(float(cross_entropy(logits[:, :-1], x[:, 1:])))
             if adaptive_ids:
                 b = build_sdsat_batch(x, adaptive_ids, n_groups, generator=gen)
-                mask = hf_compat.batch_mask(model, b.allowed)
+                mask = batch_mask(model, b.allowed)
                 lg = model(input_ids=b.input_ids, position_ids=b.position_ids, attention_mask=mask).logits
                 t, k = b.seq_len, len(adaptive_ids)
                 pred = lg[:, t:].argmax(-1).reshape(x.shape[0], n_groups, k)

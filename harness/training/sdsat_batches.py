@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.engine.masks import additive
+
 IGNORE = -100
 
 
@@ -115,3 +117,13 @@ def build_naive_batch(
     )
     batch.is_standard = torch.tensor(rows_std, device=device)
     return batch
+
+
+def batch_mask(model, allowed: torch.Tensor) -> torch.Tensor:
+    """A batch's (B, 1, L, L) attention mask from its (B, L, L) bool 'may attend' matrices, in the form
+    the model's attention kernel reads: sdpa takes bool (True = attend) whatever the autocast dtype;
+    eager attention adds the mask to its scores, so a bool mask would be misread: it gets the additive
+    float mask in the model's dtype."""
+    if model.config._attn_implementation != "eager":
+        return allowed[:, None]
+    return additive(allowed, model.dtype)[:, None]

@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedType
 
-from harness import hf_compat
 from harness.training.data import take_windows, window_starts
-from harness.training.sdsat_batches import IGNORE, build_naive_batch, build_sdsat_batch
+from harness.training.sdsat_batches import IGNORE, batch_mask, build_naive_batch, build_sdsat_batch
 
 
 @dataclass
@@ -66,7 +65,7 @@ def step_losses(
         ada = cross_entropy(logits[~std_mask], batch.targets[~std_mask])
         return {"loss": std + cfg.adaptive_weight * ada, "standard": std, "adaptive": ada}
     batch = build_sdsat_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
-    mask = hf_compat.batch_mask(_unwrapped(model), batch.allowed)
+    mask = batch_mask(_unwrapped(model), batch.allowed)
     logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=mask).logits
     t = batch.seq_len
     std = _standard_loss(logits[:, :t], batch.targets[:, :t], x, teacher, fim)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.timing import median_ms
+from harness.device import median_ms
 
 BLAS_LIBRARIES = ("cublas", "cublaslt")
 TIMED_REPLAYS = 5  # per candidate graph, after one untimed replay

@@ -7,8 +7,10 @@ import contextlib
 import pytest
 import torch
 
-from harness import hf_compat
+from harness import engine as engines
+from harness.decoding import peers
 from harness.decoding.trees import DraftTree
+from harness.engine import decode_engine
 from tests.tiny import make_lm
 
 
@@ -29,7 +31,7 @@ def _prefilled(engine, ids):
 @pytest.mark.parametrize("mode", ENGINES)
 def test_crop_then_continue_matches_fresh_forward(mode):
     lm = make_lm(seed=0)
-    engine = hf_compat.DecodeEngine(lm.model, mode)
+    engine = engines.DecodeEngine(lm.model, mode)
     ids = [0, 23, 24, 25, 26, 27]
     cache = _prefilled(engine, [*ids, 30, 31, 32])
     cache.crop(len(ids))
@@ -42,20 +44,20 @@ def test_static_cache_is_reused_and_hides_a_previous_generation():
     """The engine hands out one static cache; what an earlier, longer sequence left behind must not
     leak into the next one (the mask spans the whole capacity)."""
     lm = make_lm(seed=7)
-    engine = hf_compat.DecodeEngine(lm.model, "static")
+    engine = engines.DecodeEngine(lm.model, "static")
     first = _prefilled(engine, [0, 25, 26, 27, 28, 29, 30, 31])
     second = _prefilled(engine, [0, 23])
-    assert second is first and second.length == 2 and second.capacity == hf_compat.CAPACITY_STEP
+    assert second is first and second.length == 2 and second.capacity == engines.CAPACITY_STEP
     got = engine.forward(second, torch.tensor([[24, 25]]), torch.tensor([[2, 3]]))
     torch.testing.assert_close(got, _logits(lm.model, [0, 23, 24, 25])[2:])
-    assert engine.new_cache(hf_compat.CAPACITY_STEP + 1).capacity == 2 * hf_compat.CAPACITY_STEP
+    assert engine.new_cache(engines.CAPACITY_STEP + 1).capacity == 2 * engines.CAPACITY_STEP
 
 
 @pytest.mark.parametrize("mode", ENGINES)
 def test_tree_mask_and_positions_match_per_path_forwards(mode):
     """Every node's logits under the tree mask equal a plain causal forward over prefix + its path."""
     lm = make_lm(seed=1)
-    engine = hf_compat.DecodeEngine(lm.model, mode)
+    engine = engines.DecodeEngine(lm.model, mode)
     prefix = [0, 23, 24, 25]
     tree = DraftTree.parse(None, 3)
     tokens = [26] + [23 + (n * 7) % 13 for n in range(1, tree.size + 1)]
@@ -72,7 +74,7 @@ def test_tree_mask_and_positions_match_per_path_forwards(mode):
 @pytest.mark.parametrize("mode", ENGINES)
 def test_keep_cache_positions_keeps_an_accepted_tree_path(mode):
     lm = make_lm(seed=2)
-    engine = hf_compat.DecodeEngine(lm.model, mode)
+    engine = engines.DecodeEngine(lm.model, mode)
     prefix = [0, 23, 24]
     tree = DraftTree.parse(None, 3)
     tokens = [25] + [23 + (n * 5) % 13 for n in range(1, tree.size + 1)]
@@ -88,7 +90,7 @@ def test_keep_cache_positions_keeps_an_accepted_tree_path(mode):
 
 def test_additive_mask_is_float_with_dtype_min():
     allowed = torch.tensor([[True, False], [True, True]])
-    mask = hf_compat.additive_mask(allowed, torch.float32)
+    mask = engines.additive_mask(allowed, torch.float32)
     assert mask.shape == (1, 1, 2, 2) and mask.dtype == torch.float32
     assert mask[0, 0, 0, 1] == torch.finfo(torch.float32).min and mask[0, 0, 1, 0] == 0
 
@@ -98,7 +100,7 @@ def test_eager_and_sdpa_agree_on_tree_mask():
     lm = make_lm(seed=3)
     tree = DraftTree.parse(None, 2)
     tokens = [26] + [24] * tree.size
-    engine = hf_compat.DecodeEngine(lm.model)
+    engine = engines.DecodeEngine(lm.model)
     outs = []
     for impl in ("sdpa", "eager"):
         lm.model.config._attn_implementation = impl
@@ -113,7 +115,7 @@ def test_gpu_attention_leaves_cudnn_out_and_restores_the_flags():
     """cuDNN's attention builds a plan per new (query, key) shape (~50 ms each on an H200) and a
     dynamic cache gives every pass a new one: on a GPU every other sdpa kernel stays allowed."""
     before = torch.backends.cuda.cudnn_sdp_enabled()
-    with hf_compat.attention_kernels(torch.device("cuda")):
+    with engines.attention_kernels(torch.device("cuda")):
         assert not torch.backends.cuda.cudnn_sdp_enabled()
         assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
     assert torch.backends.cuda.cudnn_sdp_enabled() == before
@@ -128,7 +130,8 @@ def test_our_passes_and_the_peers_generate_run_under_the_attention_policy(monkey
         entered.append(device)
         return contextlib.nullcontext()
 
-    monkeypatch.setattr(hf_compat, "attention_kernels", recording)
+    monkeypatch.setattr(decode_engine, "attention_kernels", recording)
+    monkeypatch.setattr(peers, "attention_kernels", recording)
     lm = make_lm(seed=1)
     stop, greedy = StopCondition(max_new_tokens=5), SamplingParams()
     ar = make_decoder("ar", lm).generate([0, 23, 24], stop, greedy)
@@ -139,7 +142,7 @@ def test_our_passes_and_the_peers_generate_run_under_the_attention_policy(monkey
 
 def test_a_crop_moves_every_layers_write_pointer():
     lm = make_lm(seed=0)
-    engine = hf_compat.DecodeEngine(lm.model, "static")
+    engine = engines.DecodeEngine(lm.model, "static")
     cache = _prefilled(engine, [0, 23, 24, 25])
     assert [int(layer.cumulative_length) for layer in cache.hf.layers] == [4] * len(cache.hf.layers)
     cache.crop(2)
