@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from harness.config import ENGINES, SETTINGS, DecodeConfig, ProbeConfig, RunConfig, add_flags, settings, values
 from harness.errors import HarnessError
-from harness.planning import DEFAULTS, SETTINGS, default_text, settings
 
 DESCRIPTION = (
     "Evaluate and benchmark SDSAT (speculative decoding with semantic adaptive tokens): acceptance, tokens "
@@ -22,54 +22,6 @@ DESCRIPTION = (
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line, no usage dump
         raise HarnessError(f"{self.prog}: {message}")
-
-
-def _add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
-    p.add_argument(
-        "--model",
-        required=model_required,
-        help="checkpoint directory, hub id, 'default' or 'default-base'"
-        + ("" if model_required else " (default: the suite's models)"),
-    )
-    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    p.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=("fp32", "fp16", "bf16", "fp64"),
-        help="fp32 (default) | fp16 | bf16 | fp64 (fp64: exactness checks only)",
-    )
-    p.add_argument(
-        "--engine",
-        default="auto",
-        choices=("auto", "eager", "static", "compile"),
-        help="forward passes of ar/sdsat/sdsat-fused: auto (default: compile on CUDA, eager on CPU) | eager (dynamic "
-        "KV cache) | static (pre-allocated KV cache) | compile (static + torch.compile; CUDA graphs on a GPU)",
-    )
-    p.add_argument(
-        "--attn-implementation",
-        default="sdpa",
-        choices=("sdpa", "eager"),
-        help="transformers' attention: sdpa (default) | eager (matmul + softmax; fused by --engine compile)",
-    )
-    p.add_argument(
-        "--adaptive-tokens",
-        default=None,
-        metavar="ID[,ID...]",
-        help="adaptive token id per offset, e.g. 32011,32011,32011 or 32011*5 (overrides the checkpoint)",
-    )
-    p.add_argument("--draft-model", default=None, help="draft model of the hf-assisted decoder (e.g. default-draft)")
-
-
-def _add_decoding_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--k", type=int, default=5, help="draft length: adaptive tokens per loop (sdsat), 0 = plain AR")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-p", type=float, default=DEFAULTS["top_p"], help="when sampling (default %(default)s)")
-    p.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
-    p.add_argument("--accept", default="exact", help="sampling acceptance rule: exact (default) | paper")
-    p.add_argument("--tree", default=None, help="draft tree for sampling: default | chain | JSON list of paths")
-    p.add_argument("--groups", default=None, help="sdsat-fused group policy: all (default) | acceptance lengths 0,1,2")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"])
 
 
 def check_sampling(temperatures, top_p: float, top_k: int, max_new_tokens: int) -> None:
@@ -85,13 +37,7 @@ def check_sampling(temperatures, top_p: float, top_k: int, max_new_tokens: int) 
 
 
 def _add_isolation_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--isolation",
-        default=None,
-        choices=("bubblewrap", "unshare", "rlimits"),
-        help="sandbox of executed programs (default: bubblewrap, else unshare as root; rlimits, which is no "
-        "sandbox, only when named here)",
-    )
+    add_flags(p, RunConfig, only=("isolation",))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,13 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _decode_parser(sub) -> None:
     """decode: one prompt through one decoder."""
     p = sub.add_parser("decode", help="generate from one prompt and print the completion and its statistics")
-    _add_model_args(p)
-    _add_decoding_args(p)
-    p.add_argument("--decoder", default="sdsat", help="ar | sdsat | sdsat-fused | hf | hf-pld | hf-assisted")
+    add_flags(p, DecodeConfig, required=("model",))
     p.add_argument("--prompt", required=True)
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
     p.add_argument(
-        "--warmup", type=int, default=None, help="unmeasured generations first (default: 1 on cuda, 0 on cpu)"
+        "--warmup",
+        type=int,
+        default=0,
+        help="unmeasured generations of this prompt first (beyond a run's warm-up)",
     )
     p.add_argument("--json", action="store_true", help="print only one JSON object")
     p.set_defaults(func=_cmd_decode)
@@ -124,45 +71,13 @@ def _decode_parser(sub) -> None:
 def _run_parser(sub) -> None:
     """run: the main job."""
     p = sub.add_parser("run", help="the main job: tasks x decoders x k x sampling -> results.jsonl, summary")
-    _add_model_args(p, model_required=False)
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--tasks", help="comma-separated task names (see `sdsat-bench tasks`)")
     which.add_argument("--suite", help="a suite from tasks/suites (smoke, paper-greedy, paper-nucleus, paper-accuracy)")
-    # Settings default to the suite's, then to RunConfig's (planning.SETTINGS); flags here override both.
-    p.add_argument("--decoders", help=f"default {default_text('decoders')}")
-    p.add_argument("--k", help=f"comma-separated draft lengths for sdsat (default {default_text('ks')})")
-    p.add_argument(
-        "--temperature", help=f"comma-separated temperatures, 0 = greedy (default {default_text('temperatures')})"
-    )
-    p.add_argument("--top-p", type=float, help=f"when sampling (default {default_text('top_p')})")
-    p.add_argument("--top-k", type=int, default=DEFAULTS["top_k"])
-    p.add_argument(
-        "--accept", help=f"comma-separated acceptance rules for sampling (default {default_text('accepts')})"
-    )
-    p.add_argument("--groups", help="sdsat-fused group policy: all (default) | acceptance lengths, e.g. 0,1,2")
-    p.add_argument(
-        "--n-samples", type=int, help=f"samples per problem at temperature > 0 (default {default_text('n_samples')})"
-    )
-    p.add_argument(
-        "--repeats",
-        type=int,
-        help="time each generation N times and keep the median-time one, robust to a busy machine "
-        f"(default {default_text('repeats')})",
-    )
-    p.add_argument("--limit", type=int, help="first N problems of each task")
-    p.add_argument("--max-new-tokens", type=int, help=f"default {default_text('max_new_tokens')}")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
-    p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
+    # Settings a suite may set default to the suite's, then to RunConfig's; flags here override both.
+    add_flags(p, RunConfig, suites=True)
     p.add_argument("--out", required=True)
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished units")
-    p.add_argument("--allow-code-execution", action="store_true", help="execute completions (in the sandbox)")
-    _add_isolation_arg(p)
-    p.add_argument(
-        "--skip-unavailable",
-        action="store_true",
-        help="with --allow-code-execution: go on when a task's toolchain is missing; its records are left out of "
-        "pass@k and counted as unavailable (default: stop before generating)",
-    )
     p.set_defaults(func=_cmd_run)
 
 
@@ -182,19 +97,7 @@ def _report_parsers(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("probe", help="decode cost at a model shape on this card (synthetic weights, no download)")
-    p.add_argument("--shape", required=True, help="codellama-7b | codellama-13b | a Llama config.json")
-    p.add_argument(
-        "--variant",
-        default="all-accept",
-        choices=("all-accept", "random", "both"),
-        help="all-accept (default: every draft accepted, each decoder's ceiling) | random | both (OUT/<variant>)",
-    )
-    p.add_argument("--engines", default="eager,compile", help="comma-separated engines to measure")
-    p.add_argument("--dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--k", default="3,5,7", help="draft lengths of sdsat and sdsat-fused")
-    p.add_argument("--blocks", default="1,2,4,8,16,32,64,128", help="block sizes of the cost curve")
-    p.add_argument("--repeats", type=int, default=10)
+    add_flags(p, ProbeConfig, required=("shape",))
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_probe)
 
@@ -347,13 +250,6 @@ def _mb_per_lang(text: str) -> dict[str, float]:
         raise HarnessError(f"--mb: expected lang=MB[,lang=MB...], got '{text}'") from None
 
 
-def _ints(text: str, flag: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise HarnessError(f"{flag}: expected comma-separated integers, got '{text}'") from None
-
-
 def _run_settings(args) -> tuple[dict, list | None]:
     """RunConfig fields from the flags, else the suite, else RunConfig's defaults; and the suite's models."""
     from harness.tasks import get_suite, resolve_data_dir
@@ -374,9 +270,10 @@ def _cmd_run(args) -> int:
         if value is not None and value < 1:
             raise HarnessError(f"{flag} must be at least 1, got {value}")
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
+    from harness.config import REFERENCE
     from harness.decoding import DECODERS
     from harness.report import render
-    from harness.runner import REFERENCE, RunConfig, run
+    from harness.runner import run
 
     for d in opts["decoders"]:
         if d not in (*DECODERS, REFERENCE):
@@ -384,7 +281,7 @@ def _cmd_run(args) -> int:
     models = [args.model] if args.model else suite_models
     if not models:
         raise HarnessError("--model is required (only a suite that lists models runs without it)")
-    fixed = {name: getattr(args, name) for name in RUN_FLAGS}
+    fixed = values(args, RunConfig, skip=("model", "tasks", *(name for _, name, _ in SETTINGS)))
     out_dirs = []
     for model in models:
         out = Path(args.out) if len(models) == 1 else Path(args.out) / Path(model).name
@@ -396,22 +293,6 @@ def _cmd_run(args) -> int:
     if len(out_dirs) > 1:
         print(f"comparison: {render(out_dirs, args.out)}")  # only the main process gets here with several
     return 0
-
-
-# RunConfig fields set by `run` flags alone (suites do not set them): the flag's name is the field's.
-RUN_FLAGS = (
-    "top_k",
-    "device",
-    "dtype",
-    "seed",
-    "data_dir",
-    "adaptive_tokens",
-    "engine",
-    "attn_implementation",
-    "allow_code_execution",
-    "isolation",
-    "skip_unavailable",
-)
 
 
 def _print_run(out: Path, page: Path) -> None:
@@ -453,25 +334,13 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_probe(args) -> int:
+    for engine in args.engines:
+        if engine not in ENGINES:
+            raise HarnessError(f"--engines: unknown engine '{engine}' (choose from {', '.join(ENGINES)})")
     _quiet_libraries()
-    from harness.decoding import DECODERS_WITH_K
-    from harness.probe import ProbeConfig, run_probe
+    from harness.probe import run_probe
 
-    ks = _ints(args.k, "--k")
-    for engine in args.engines.split(","):
-        if engine not in ("eager", "static", "compile"):
-            raise HarnessError(f"--engines: unknown engine '{engine}' (choose from eager, static, compile)")
-    cfg = ProbeConfig(
-        shape=args.shape,
-        variant=args.variant,
-        engines=tuple(args.engines.split(",")),
-        dtype=args.dtype,
-        device=args.device,
-        decoders=tuple((d, k) for d in DECODERS_WITH_K for k in ks if k > 0),
-        blocks=_ints(args.blocks, "--blocks"),
-        repeats=args.repeats,
-    )
-    for path in run_probe(cfg, args.out):
+    for path in run_probe(ProbeConfig(**values(args, ProbeConfig)), args.out):
         print(f"probe: {path}")
     return 0
 
@@ -635,31 +504,21 @@ def _cmd_validate(args) -> int:
 def _cmd_decode(args) -> int:
     if not args.prompt:
         raise HarnessError("empty prompt: --prompt needs some text")
-    check_sampling([args.temperature], args.top_p, args.top_k, args.max_new_tokens)
+    cfg = DecodeConfig(**values(args, DecodeConfig))
+    check_sampling([cfg.temperature], cfg.top_p, cfg.top_k, cfg.max_new_tokens)
     _quiet_libraries()  # the first import of transformers: after the arguments are checked
-    from harness.decoding import DECODERS_WITH_K, SamplingParams, configuration, make_decoder
-    from harness.models import load_model
+    from harness.decoding import DECODERS_WITH_K, configuration
     from harness.prompting import encode, free_prompt, stop_condition
+    from harness.workbench import for_decode
 
-    lm = load_model(args.model, args.device, args.dtype, args.adaptive_tokens, args.attn_implementation, args.engine)
-    draft = (
-        load_model(args.draft_model, args.device, args.dtype, attn_implementation=args.attn_implementation)
-        if args.draft_model
-        else None
-    )
-    decoder = make_decoder(
-        args.decoder, lm, k=args.k, accept=args.accept, tree=args.tree, draft=draft, groups=args.groups
-    )
-    sampling = SamplingParams(args.temperature, args.top_p, args.top_k, args.seed)
-    lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
-    stop = stop_condition(lm, args.max_new_tokens, tuple(args.stop))
+    lm, decoder, sampling = for_decode(cfg)
+    stop = stop_condition(lm, cfg.max_new_tokens, tuple(args.stop))
     prompt_ids = encode(lm.tokenizer, free_prompt(args.prompt) or args.prompt)  # the whitespace rule, as in run
-    warmup = args.warmup if args.warmup is not None else (1 if lm.device.type == "cuda" else 0)
-    for _ in range(warmup):
+    for _ in range(args.warmup):
         decoder.generate(prompt_ids, stop, sampling)
     gen = decoder.generate(prompt_ids, stop, sampling)
     # k where the decoder takes one: draft length, or prompt lookup's n-gram draft length; else null
-    k = args.k if args.decoder in DECODERS_WITH_K else None  # hf-pld's lookup length is in its configuration
+    k = cfg.k if cfg.decoder in DECODERS_WITH_K else None  # hf-pld's lookup length is in its configuration
     record = {"decoder": decoder.name, "k": k, "configuration": configuration(decoder, lm)}
     record |= {"stop_reason": gen.stop_reason, **gen.stats.to_dict()}
     if args.json:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from harness import engine as engines
+from harness.config import ModelSpec
 from harness.errors import HarnessError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -131,16 +132,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_model(
-    spec: str,
-    device: str = "cpu",
-    dtype: str = "fp32",
-    adaptive_tokens: str | None = None,
-    attn_implementation: str = "sdpa",
-    engine: str = "auto",
-) -> LoadedModel:
+def load_model(spec: ModelSpec | str) -> LoadedModel:
+    """The model ``spec`` names, on its device in its dtype, with its adaptive tokens, FIM tokens and
+    decode engine (a plain name: every other setting at its default)."""
     from harness import weights
 
+    if isinstance(spec, str):
+        spec = ModelSpec(model=spec)
+    device, dtype, engine = spec.device, spec.dtype, spec.engine
     if engine not in ("auto", *engines.ENGINES):
         raise HarnessError(f"--engine: expected auto or one of {', '.join(engines.ENGINES)}, got '{engine}'")
     if dtype not in DTYPES:
@@ -148,15 +147,15 @@ def load_model(
     torch_device = resolve_device(device)
     if engine == "auto":  # compiled decode steps pay on a GPU; on a CPU compilation costs more than it saves
         engine = "compile" if torch_device.type == "cuda" else "eager"
-    model, tokenizer = weights.open_model(weights.resolve(spec), DTYPES[dtype], attn_implementation)
+    model, tokenizer = weights.open_model(weights.resolve(spec.model), DTYPES[dtype], spec.attn_implementation)
     model.to(torch_device).eval()
     adaptive = (
-        parse_adaptive_tokens(adaptive_tokens, model.config.vocab_size)
-        if adaptive_tokens
+        parse_adaptive_tokens(spec.adaptive_tokens, model.config.vocab_size)
+        if spec.adaptive_tokens
         else adaptive_from_config(model.config)
     )
     return LoadedModel(
-        name=spec,
+        name=spec.model,
         model=model,
         tokenizer=tokenizer,
         adaptive=adaptive,

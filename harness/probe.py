@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from harness.config import ProbeConfig
 from harness.device import median_ms
 from harness.engine import DecodeEngine
 from harness.errors import HarnessError
@@ -45,7 +45,6 @@ SHAPES = {
     },
 }
 NOMINAL_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # bytes/s, vendor datasheets
-BLOCKS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTEXT = 300  # cached positions before each timed pass (a HumanEval prompt and some of its answer)
 NEW_TOKENS = 128
 NOTE = "synthetic weights: these numbers measure cost, never acceptance"
@@ -54,25 +53,6 @@ NOTE = "synthetic weights: these numbers measure cost, never acceptance"
 # 1 / 2 / 4 / 8, from which a projection read 3.5x.
 MONOTONE_TOLERANCE = 0.15
 CURVE_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    shape: str
-    variant: str = "all-accept"  # random | all-accept | both
-    engines: tuple[str, ...] = ("eager", "compile")
-    dtype: str = "bf16"
-    device: str = "cuda"
-    decoders: tuple[tuple[str, int], ...] = (
-        ("sdsat", 3),
-        ("sdsat", 5),
-        ("sdsat", 7),
-        ("sdsat-fused", 3),
-        ("sdsat-fused", 5),
-        ("sdsat-fused", 7),
-    )
-    blocks: tuple[int, ...] = BLOCKS
-    repeats: int = 10
 
 
 def shape_config(shape: str, base_config) -> dict:
@@ -109,13 +89,20 @@ def variants(variant: str) -> tuple[str, ...]:
     return (variant,)
 
 
+def probe_decoders(cfg: ProbeConfig) -> list[tuple[str, int]]:
+    """Every decoder that drafts, at each of the probe's draft lengths."""
+    from harness.decoding import DECODERS_WITH_K
+
+    return [(d, k) for d in DECODERS_WITH_K for k in cfg.ks if k > 0]
+
+
 def synthetic_model(cfg: ProbeConfig):
     """A LoadedModel of ``cfg.shape`` with random weights, built on the device (no download)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from harness.models import DTYPES, LoadedModel, load_model, resolve_device
 
-    base = load_model("default", "cpu", "fp32")  # tokenizer and adaptive tokens of the default model
+    base = load_model("default")  # tokenizer and adaptive tokens of the default model
     device = resolve_device(cfg.device)
     config = LlamaConfig(**shape_config(cfg.shape, base.model.config))
     torch.manual_seed(0)
@@ -268,7 +255,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
         curve = cost_curve(lm, cfg.blocks, cfg.repeats)
         for v in names:
             switch.set(v)
-            speeds = decoder_speeds(lm, cfg.decoders, cfg.repeats)
+            speeds = decoder_speeds(lm, probe_decoders(cfg), cfg.repeats)
             results[v]["engines"][engine] = {
                 "configuration": lm.engine.description,
                 "cost_ms": curve,

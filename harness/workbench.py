@@ -5,8 +5,10 @@ cache reservation for the whole run, and each decoder's warm-up before its first
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
+from harness.config import REFERENCE, DecodeConfig, ModelSpec, RunConfig
 from harness.decoding import (
     Decoder,
     Generation,
@@ -20,7 +22,6 @@ from harness.decoding import (
 from harness.device import keep_busy
 from harness.errors import HarnessError
 from harness.models import LoadedModel, load_model
-from harness.planning import REFERENCE, RunConfig
 from harness.prompting import encode, problem_stop, prompt_ids
 from harness.results import WorkUnit
 
@@ -41,21 +42,32 @@ def warm_up(lm: LoadedModel, decoder: Decoder, sampling: SamplingParams) -> None
         keep_busy(lm.device, seconds=1.0)
 
 
-def load_models(cfg: RunConfig, device: str) -> tuple[LoadedModel, LoadedModel | None]:
-    """The model and the hf-assisted draft model, checked against what the run's decoders need."""
-    lm = load_model(cfg.model, device, cfg.dtype, cfg.adaptive_tokens, cfg.attn_implementation, cfg.engine)
-    draft = None
-    if cfg.draft_model:
-        draft = load_model(cfg.draft_model, device, cfg.dtype, attn_implementation=cfg.attn_implementation)
-    specs = [decoder_spec(d) for d in cfg.decoders if d != REFERENCE]
-    for spec in specs:
-        if spec.needs_draft_model and draft is None:
-            raise missing_draft_model(spec.name)  # before anything is generated
-    if any(s.takes_k for s in specs):
-        for k in cfg.ks:
+def load_models(
+    cfg: RunConfig | DecodeConfig, device: str, decoders: Sequence[str], ks: Sequence[int]
+) -> tuple[LoadedModel, LoadedModel | None]:
+    """The model and the hf-assisted draft model, checked against what ``decoders`` at ``ks`` need."""
+    spec = replace(cfg.model_spec, device=device)
+    lm, draft = load_model(spec), None
+    if cfg.draft_model:  # the model's device, dtype and attention; its own adaptive tokens, the default engine
+        draft = load_model(replace(spec, model=cfg.draft_model, adaptive_tokens=None, engine=ModelSpec.engine))
+    needs = [decoder_spec(d) for d in decoders if d != REFERENCE]
+    for need in needs:
+        if need.needs_draft_model and draft is None:
+            raise missing_draft_model(need.name)  # before anything is generated
+    if any(s.takes_k for s in needs):
+        for k in ks:
             if k > 0:
                 lm.require_adaptive(k)
     return lm, draft
+
+
+def for_decode(cfg: DecodeConfig) -> tuple[LoadedModel, Decoder, SamplingParams]:
+    """`decode`'s model, decoder and sampling, loaded and warmed up as a run's are."""
+    lm, draft = load_models(cfg, cfg.device, (cfg.decoder,), ())  # make_decoder checks k after its other settings
+    decoder = make_decoder(cfg.decoder, lm, k=cfg.k, accept=cfg.accept, tree=cfg.tree, draft=draft, groups=cfg.groups)
+    sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.seed)
+    warm_up(lm, decoder, SamplingParams(cfg.temperature, seed=0))
+    return lm, decoder, sampling
 
 
 @dataclass
@@ -68,7 +80,7 @@ class Workbench:
 
     @classmethod
     def for_run(cls, cfg: RunConfig, device: str, todo: list[WorkUnit], problems: dict[str, list]) -> Workbench:
-        lm, draft = load_models(cfg, device)
+        lm, draft = load_models(cfg, device, cfg.decoders, cfg.ks)
         decoders: dict = {}
         for unit in todo:
             key = (unit.decoder, unit.k, unit.accept)
@@ -123,4 +135,6 @@ class Workbench:
 
         cfg = self.cfg
         higher = HIGHER_PRECISION[cfg.dtype]
-        return load_model(cfg.model, str(self.lm.device), higher, cfg.adaptive_tokens, cfg.attn_implementation).model
+        # the engine at its default: this model only scores divergences
+        spec = replace(cfg.model_spec, device=str(self.lm.device), dtype=higher, engine=ModelSpec.engine)
+        return load_model(spec).model

@@ -74,7 +74,7 @@ def test_peers_stop_at_a_stop_string_inside_an_accepted_step():
     from harness.models import load_model
     from harness.prompting import encode
 
-    lm = load_model("default", "cpu", "fp32")
+    lm = load_model("default")
     ids = encode(lm.tokenizer, read_problems()["HumanEval/0"]["prompt"])
     stop = StopCondition(256, stop_strings=("\ndef", "\nclass", "\nif", "\nprint", "\n#"))
     ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)

@@ -9,8 +9,9 @@ import math
 import pytest
 
 from harness.cli import main
+from harness.config import ProbeConfig
 from harness.errors import HarnessError
-from harness.probe import ProbeConfig, project, run_probe
+from harness.probe import project, run_probe
 
 TINY = {
     "hidden_size": 64,
@@ -31,7 +32,7 @@ def probe(tmp_path_factory):
         engines=("eager",),
         dtype="fp32",
         device="cpu",
-        decoders=(("sdsat", 2), ("sdsat-fused", 2)),
+        ks=(2,),
         blocks=(1, 2, 4),
         repeats=2,
         variant="both",

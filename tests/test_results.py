@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from harness.check import absent_tasks, exactness_failures, gate
+from harness.config import DEFAULTS, RunConfig, settings
 from harness.errors import HarnessError
-from harness.planning import DEFAULTS, RunConfig, my_problems, plan, settings
+from harness.planning import my_problems, plan
 from harness.report import compare_runs, config_differences
 from harness.results import Record, RunDirectory, WorkUnit, record_key
 

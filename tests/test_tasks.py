@@ -239,8 +239,8 @@ def test_santacoder_fim_scores_the_whole_stripped_middle(data_dir):
 
 
 def test_missing_toolchain_stops_the_run_unless_skipped(monkeypatch):
+    from harness.config import RunConfig
     from harness.execution.languages import Language
-    from harness.planning import RunConfig
     from harness.scoring import check_execution
 
     monkeypatch.setattr(Language, "missing", lambda self: "php" if self.name == "php" else None)

@@ -11,10 +11,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import DynamicCache, PreTrainedModel
 
+from harness.config import ENGINES
 from harness.engine.cache import KVCache, static_capacity
 from harness.engine.masks import additive_mask, static_mask
 
-ENGINES = ("eager", "static", "compile")
 # Compilations of our decode step (one per block size: a sweep over k needs more than dynamo's
 # default of 8, past which it would stop compiling). Applied to our step's calls only.
 RECOMPILE_LIMIT = 256

@@ -164,12 +164,13 @@ class _Recipe(StageRunner):
 def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
     """Held-out standard loss of base and SDSAT, draft accuracy per offset, and greedy accept rate and
     tokens per forward of the two-step decoder at k = 1..10 on HumanEval prompts."""
+    from harness.config import ModelSpec
     from harness.models import load_model
 
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
     results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
     for name in ("base", "sdsat"):
-        lm = load_model(str(work / name), device=device, dtype="fp32")
+        lm = load_model(ModelSpec(model=str(work / name), device=device))  # fp32
         ids = list(lm.adaptive.token_ids) if lm.adaptive else None
         results[name] = heldout_metrics(lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
         log(f"[evaluate] {name}: {results[name]}")

@@ -296,6 +296,7 @@ def _declared_dtype(source: weights.Source) -> torch.dtype:
 def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device: torch.device, log=print) -> dict:
     """Held-out standard loss of the base (as it is) and of the SDSAT model (loaded as --model loads
     it), draft accuracy per offset, and greedy accept rate per k = 0..13 on HumanEval prompts."""
+    from harness.config import ModelSpec
     from harness.models import load_model
 
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
@@ -307,7 +308,9 @@ def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device
         results["base_note"] = "the tokenizer has ids beyond the base's embedding rows: scored with them grown"
     results["base"] = heldout_metrics(base, heldout, seq_len, None)
     del base
-    lm = load_model(str(work / "sdsat"), device=str(device), dtype="fp32", engine="eager")  # exact, no compiles
+    lm = load_model(
+        ModelSpec(model=str(work / "sdsat"), device=str(device), engine="eager")
+    )  # fp32: exact, no compiles
     ids = list(lm.adaptive.token_ids)
     results["sdsat"] = heldout_metrics(lm.model, heldout, seq_len, ids, n_groups=cfg.n_groups)
     for name in ("base", "sdsat"):
