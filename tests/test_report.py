@@ -154,8 +154,7 @@ def test_check_and_report_call_a_cut_run_incomplete(run_dir, tmp_path, capsys):
 def test_noisy_records_leave_the_speed_gate_and_are_counted(tmp_path, capsys):
     """A problem timed while another process took the cores (less CPU time per wall second than the
     run's median) is left out of the pooled speedup, and the summary says how much of a row was noisy."""
-    from harness.check import current_metrics, write_baseline
-    from harness.cli import _gate_metrics
+    from harness.check import current_metrics, gate_run, write_baseline
     from harness.metrics import summarize
 
     quiet = [
@@ -173,10 +172,10 @@ def test_noisy_records_leave_the_speed_gate_and_are_counted(tmp_path, capsys):
     ]
     row = summarize(busy).set_index("decoder").loc["sdsat"]
     assert row["noisy"] == pytest.approx(1 / 6)
-    assert _gate_metrics(baseline, current_metrics(busy), busy, {"units": len(busy), "data_dir": "d"}) == []
+    assert gate_run(baseline, current_metrics(busy), busy, {"units": len(busy), "data_dir": "d"}) == []
     assert "1 of 6 problems timed while the machine was busy" in capsys.readouterr().out
     every = [{**r, "decode_cpu_s": 0.9} if r["decoder"] == "sdsat" else r for r in quiet]
-    failures = _gate_metrics(baseline, current_metrics(every), every, {"units": len(every), "data_dir": "d"})
+    failures = gate_run(baseline, current_metrics(every), every, {"units": len(every), "data_dir": "d"})
     assert len(failures) == 1 and failures[0].startswith("1 speedups not measured: every problem was noisy")
 
 
