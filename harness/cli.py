@@ -304,7 +304,7 @@ def _print_run(out: Path, page: Path) -> None:
     print(compact_summary(pd.read_csv(out / "summary.csv")))
     levels = json.loads((out / "run.json").read_text()).get("isolation")
     if levels:  # which sandbox judged the executed verdicts, on every run
-        print(f"\nexecuted in: {', '.join(levels)} (see README, 'The sandbox')")
+        print(f"\nexecuted in: {', '.join(levels)} (see docs/tasks.md, 'The sandbox')")
     unjudged = _unjudged(out / "results.jsonl")
     if unjudged:  # a run without execution, or a start of one resumed with it: verdicts are null
         print(

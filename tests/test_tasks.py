@@ -107,7 +107,7 @@ def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
 
 
 def test_humaneval_validation_all_references_pass():
-    """Every other problem (`sdsat-bench validate humaneval` runs all 164, see the README)."""
+    """Every other problem (`sdsat-bench validate humaneval` runs all 164, see docs/tasks.md)."""
     problems = load_problems("humaneval")[::2]
     result = validate(problems, workers=2)
     assert result["ok"] and result["references_passed"] == len(problems) == 82
@@ -126,7 +126,7 @@ def test_infilling_and_fim_references(task, data_dir):
 
 @pytest.mark.parametrize("task", ["humaneval-infill-single", "humaneval-infill-multi", "humaneval-infill-random-span"])
 def test_infilling_references_sample(task, data_dir):
-    """Every 25th problem here (the full sets pass with `sdsat-bench validate`, see the README)."""
+    """Every 25th problem here (the full sets pass with `sdsat-bench validate`, see docs/tasks.md)."""
     problems = load_problems(task, data_dir)[::25]
     assert validate(problems, workers=2)["ok"]
 
