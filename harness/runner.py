@@ -109,7 +109,6 @@ def _run_unit(cfg: RunConfig, bench, unit: WorkUnit, problem, greedy) -> Record:
     """One generation (or the reference control), its verdict and exactness, as one record."""
     from harness.decoding import SamplingParams, configuration
     from harness.scoring import judge, verdict_fields
-    from harness.tasks import get_task
 
     decoder = bench.decoder(unit)
     ids = bench.prompts[(unit.task, unit.problem_id)]
@@ -118,7 +117,7 @@ def _run_unit(cfg: RunConfig, bench, unit: WorkUnit, problem, greedy) -> Record:
     sampling = SamplingParams(unit.temperature, cfg.top_p if unit.temperature > 0 else 1.0, cfg.top_k, seed)
     gen = bench.generate(decoder, problem, ids, stop, sampling)
     verdict = None
-    if get_task(unit.task).scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
+    if problem.scoring == "exact-match" or cfg.allow_code_execution:  # exact match executes nothing
         verdict = judge(problem, gen.text, isolation=cfg.isolation)
     return Record(
         **unit.__dict__,

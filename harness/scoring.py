@@ -11,13 +11,25 @@ from concurrent.futures import ThreadPoolExecutor
 from harness.errors import HarnessError
 from harness.execution.languages import get_language
 from harness.execution.sandbox import Limits, Verdict, isolation_level, run_tests
-from harness.tasks import CHEATS, Problem, exact_match, get_task, program_head, wrong_completion
+from harness.tasks import Problem, get_task
 
 EXACT_MATCH = "none (exact match)"
 
 
+def program_head(problem: Problem, completion: str) -> str:
+    """What precedes the tests in the judged program: prompt + completion (+ suffix, for infilling).
+    The language's rules add the newline, the tests and the proof that they ran (execution.languages)."""
+    return problem.prompt + completion + (problem.suffix or "")
+
+
+def exact_match(problem: Problem, completion: str) -> bool:
+    """SantaCoder FIM scoring as bigcode-evaluation-harness does it: the whole generated middle equals
+    the masked line, surrounding whitespace aside."""
+    return completion.strip() == (problem.reference or "").strip()
+
+
 def judge(problem: Problem, completion: str, limits: Limits | None = None, isolation: str | None = None) -> Verdict:
-    if get_task(problem.task).scoring == "exact-match":
+    if problem.scoring == "exact-match":
         status = "passed" if exact_match(problem, completion) else "failed"
         return Verdict(status, None, 0.0, "", EXACT_MATCH)
     return run_tests(
@@ -78,10 +90,10 @@ def judge_many(
 def validation_items(problems: Sequence[Problem]) -> tuple[list, list]:
     """(problem, reference) pairs that must pass; (problem, completion) pairs that must fail."""
     must_pass = [(p, p.reference) for p in problems if p.reference is not None]
-    if problems and get_task(problems[0].task).scoring == "exact-match":
+    if problems and problems[0].scoring == "exact-match":
         return must_pass, [(p, "") for p in problems]
-    must_fail = [(p, wrong_completion(p.language)) for p in problems]
-    must_fail += [(p, cheat) for p in problems if p.suffix is None for cheat in CHEATS[p.language]]
+    must_fail = [(p, get_language(p.language).wrong_completion) for p in problems]
+    must_fail += [(p, cheat) for p in problems if p.suffix is None for cheat in get_language(p.language).cheats]
     return must_pass, must_fail
 
 

@@ -8,7 +8,7 @@ import gzip
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -49,6 +49,7 @@ class Problem:
     stop: tuple[str, ...] = ()
     tests: str = ""  # appended after the completion to make the program that is run
     reference: str | None = None  # canonical solution, middle or masked line, where the data has one
+    scoring: str = "tests"  # how a completion is judged: "tests" (executed) or "exact-match" (its task's rule)
 
 
 TASK_KEYS = {"name", "family", "language", "source", "stop", "scoring", "fim"}
@@ -254,70 +255,10 @@ def load_problems(name: str, data_dir: str | None = None, limit: int | None = No
     cfg = get_task(name)
     problems: list[Problem] = []
     for where, rec in _records(cfg, resolve_data_dir(data_dir)):
-        problems.extend(PARSERS[cfg.family](cfg, where, rec))
+        problems.extend(replace(p, scoring=cfg.scoring) for p in PARSERS[cfg.family](cfg, where, rec))
         if limit is not None and len(problems) >= limit:
             return problems[:limit]
     return problems
-
-
-# ---- prompts and programs --------------------------------------------------------------------------
-
-
-def program_head(problem: Problem, completion: str) -> str:
-    """What precedes the tests in the judged program: prompt + completion (+ suffix, for infilling).
-    The language's rules add the newline, the tests and the proof that they ran (execution.languages)."""
-    return problem.prompt + completion + (problem.suffix or "")
-
-
-def exact_match(problem: Problem, completion: str) -> bool:
-    """SantaCoder FIM scoring as bigcode-evaluation-harness does it: the whole generated middle equals
-    the masked line, surrounding whitespace aside."""
-    return completion.strip() == (problem.reference or "").strip()
-
-
-def wrong_completion(language: str) -> str:
-    """A completion that must fail every test: used by `validate` to show the tests have teeth."""
-    return {
-        "python": "    raise NotImplementedError('deliberately wrong')\n",
-        "cpp": "    abort();\n",
-        "java": '    throw new RuntimeException("deliberately wrong");\n',
-        "js": "    throw new Error('deliberately wrong');\n}\n",
-        "ts": "    throw new Error('deliberately wrong');\n}\n",
-        "php": "    throw new Exception('deliberately wrong');\n}\n",
-        "sh": "    exit 1\n",
-        "rs": '    panic!("deliberately wrong");\n',
-        "go": '    panic("deliberately wrong")\n}\n',
-    }[language]
-
-
-# Completions that end the program with exit status 0 before the tests finish, or switch the tests
-# off: each passed every problem when exit status 0 counted as a pass. `validate` checks they all fail.
-CHEATS: dict[str, tuple[str, ...]] = {
-    "python": (
-        "    exit(0)\n",
-        "    import sys\n    sys.exit(0)\n",
-        "    import os\n    os._exit(0)\n",
-        "    quit()\n",
-        "    raise SystemExit\n",
-        "    import atexit, os\n    atexit.register(os._exit, 0)\n    return None\n",
-    ),
-    "cpp": (
-        "    exit(0);\n",
-        "    return {};\n}\nstatic int sdsat_cheat = (std::exit(0), 0);\nvoid sdsat_cheat_f() {\n",
-        "    return {};\n#undef assert\n#define assert(x) ((void)0)\n",
-    ),
-    "java": ("        if (true) System.exit(0);\n        throw new RuntimeException();\n",),
-    "js": ("    process.exit(0);\n}\n",),
-    "ts": ("    (globalThis as any).process.exit(0);\n    return undefined as any;\n}\n",),
-    "php": ("    exit(0);\n}\n",),
-    "sh": (
-        "    echo\n}\ntrap 'exit 0' EXIT\nsdsat_cheat() {\n    :\n",
-        "    :\n}\nexit 0\nsdsat_cheat() {\n    :\n",
-        "    :\n}\nset() { :; }\nsdsat_cheat() {\n    :\n",
-    ),
-    "rs": ("    std::process::exit(0);\n",),
-    "go": (),  # a Go completion cannot import os: its exits are compile errors
-}
 
 
 @cache

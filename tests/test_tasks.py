@@ -17,7 +17,7 @@ from harness.execution.languages import get_language
 from harness.models import FimSpec
 from harness.prompting import prompt_text
 from harness.scoring import judge, judge_many, validate
-from harness.tasks import CHEATS, load_problems, registry, wrong_completion
+from harness.tasks import load_problems, registry
 
 REPO = Path(__file__).resolve().parent.parent
 SOLUTIONS = Path(__file__).resolve().parent / "multipl_e_solutions"
@@ -112,7 +112,7 @@ def test_humaneval_validation_all_references_pass():
     result = validate(problems, workers=2)
     assert result["ok"] and result["references_passed"] == len(problems) == 82
     # the deliberately wrong body and each early-exit trick, on every problem
-    assert result["wrong_statuses"] == {"failed": len(problems) * (1 + len(CHEATS["python"]))}
+    assert result["wrong_statuses"] == {"failed": len(problems) * (1 + len(get_language("python").cheats))}
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_multipl_e_hand_written_solutions_pass_and_wrong_ones_fail(language, dat
         problem = problems[path.name.split(".", 1)[1]]
         good = judge(problem, path.read_text())
         assert good.status == "passed", (path.name, good)
-        bad = judge(problem, wrong_completion(language))
+        bad = judge(problem, get_language(language).wrong_completion)
         assert bad.status in ("failed", "error"), (path.name, bad)
 
 
@@ -221,7 +221,7 @@ def test_multipl_e_early_exits_and_disabled_asserts_fail(language, data_dir):
     if get_language(language).missing():
         pytest.skip(f"{language} toolchain not installed")
     problems = load_problems(f"multiple-{language}", data_dir, limit=3)
-    verdicts = judge_many([(p, cheat) for p in problems for cheat in CHEATS[language]], workers=2)
+    verdicts = judge_many([(p, cheat) for p in problems for cheat in get_language(language).cheats], workers=2)
     assert all(v.status != "passed" for v in verdicts), [(v.status, v.detail) for v in verdicts]
 
 

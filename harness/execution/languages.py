@@ -127,6 +127,11 @@ class Language:
     env: tuple[tuple[str, str], ...] = ()
     # How a whole program (``exec``), not one assembled around tests, is built and run.
     standalone: Callable[[Language, str], Language] = field(default=lambda language, source: language, compare=False)
+    # What `validate` shows the tests fail: a completion that is deliberately wrong, and completions that
+    # end the program with exit status 0 before the tests finish or switch them off (each passed every
+    # problem when exit status 0 counted as a pass).
+    wrong_completion: str = ""
+    cheats: tuple[str, ...] = ()
 
     def missing(self) -> str | None:
         """What is missing to run this language here, or None."""
@@ -153,6 +158,15 @@ LANGUAGES: dict[str, Language] = {
             "install python3",
             run_timeout_s=3.0,
             prove=_python,
+            wrong_completion="    raise NotImplementedError('deliberately wrong')\n",
+            cheats=(
+                "    exit(0)\n",
+                "    import sys\n    sys.exit(0)\n",
+                "    import os\n    os._exit(0)\n",
+                "    quit()\n",
+                "    raise SystemExit\n",
+                "    import atexit, os\n    atexit.register(os._exit, 0)\n    return None\n",
+            ),
         ),
         Language(
             "cpp",
@@ -162,6 +176,12 @@ LANGUAGES: dict[str, Language] = {
             ("g++",),
             "apt-get install g++",
             prove=_cpp,
+            wrong_completion="    abort();\n",
+            cheats=(
+                "    exit(0);\n",
+                "    return {};\n}\nstatic int sdsat_cheat = (std::exit(0), 0);\nvoid sdsat_cheat_f() {\n",
+                "    return {};\n#undef assert\n#define assert(x) ((void)0)\n",
+            ),
         ),
         Language(
             "java",
@@ -173,6 +193,8 @@ LANGUAGES: dict[str, Language] = {
             prove=_java,
             files=(JAVATUPLES,),
             standalone=_java_standalone,
+            wrong_completion='    throw new RuntimeException("deliberately wrong");\n',
+            cheats=("        if (true) System.exit(0);\n        throw new RuntimeException();\n",),
         ),
         Language(
             "js",
@@ -183,6 +205,8 @@ LANGUAGES: dict[str, Language] = {
             "apt-get install nodejs",
             run_timeout_s=5.0,
             prove=_js,
+            wrong_completion="    throw new Error('deliberately wrong');\n}\n",
+            cheats=("    process.exit(0);\n}\n",),
         ),
         # MultiPL-E passes --types node; its TS tests declare `require` themselves, so @types/node is not needed.
         Language(
@@ -193,9 +217,35 @@ LANGUAGES: dict[str, Language] = {
             ("tsc", "node"),
             "npm install -g typescript",
             prove=_ts,
+            wrong_completion="    throw new Error('deliberately wrong');\n}\n",
+            cheats=("    (globalThis as any).process.exit(0);\n    return undefined as any;\n}\n",),
         ),
-        Language("php", "prog.php", None, ("php", "prog.php"), ("php",), "apt-get install php-cli", prove=_php),
-        Language("sh", "prog.sh", None, ("bash", "prog.sh"), ("bash",), "apt-get install bash", prove=_sh),
+        Language(
+            "php",
+            "prog.php",
+            None,
+            ("php", "prog.php"),
+            ("php",),
+            "apt-get install php-cli",
+            prove=_php,
+            wrong_completion="    throw new Exception('deliberately wrong');\n}\n",
+            cheats=("    exit(0);\n}\n",),
+        ),
+        Language(
+            "sh",
+            "prog.sh",
+            None,
+            ("bash", "prog.sh"),
+            ("bash",),
+            "apt-get install bash",
+            prove=_sh,
+            wrong_completion="    exit 1\n",
+            cheats=(
+                "    echo\n}\ntrap 'exit 0' EXIT\nsdsat_cheat() {\n    :\n",
+                "    :\n}\nexit 0\nsdsat_cheat() {\n    :\n",
+                "    :\n}\nset() { :; }\nsdsat_cheat() {\n    :\n",
+            ),
+        ),
         Language(
             "rs",
             "prog.rs",
@@ -204,6 +254,8 @@ LANGUAGES: dict[str, Language] = {
             ("rustc",),
             "install rustc (rustup or apt-get install rustc)",
             prove=_rs,
+            wrong_completion='    panic!("deliberately wrong");\n',
+            cheats=("    std::process::exit(0);\n",),
         ),
         # Built into a test binary and run directly (go test's 30 s cover both): the binary prints every
         # test's output, where `go test` hides a passing test's.
@@ -218,6 +270,8 @@ LANGUAGES: dict[str, Language] = {
             build_timeout_s=30.0,
             prove=_go,
             env=(("GOCACHE", "/tmp/gocache"), ("GOPATH", "/tmp/gopath"), ("GO111MODULE", "off")),
+            wrong_completion='    panic("deliberately wrong")\n}\n',
+            cheats=(),  # a Go completion cannot import os: its exits are compile errors
         ),
     )
 }
