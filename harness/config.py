@@ -17,9 +17,6 @@ from typing import Any
 
 from harness.errors import HarnessError
 
-# A control, not a decoder: the dataset's reference solution scored as a completion through the same
-# prompt, assembly and sandbox, so a scoring regression shows as its pass@1 falling below 1 (CI gates it).
-REFERENCE = "reference"
 ENGINES = ("eager", "static", "compile")  # how our decoders' passes run (harness.engine)
 ENGINE_CHOICES = ("auto", *ENGINES)  # auto: compile on CUDA, eager on CPU
 

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.decoding import DECODERS_WITH_K
+from harness.decoding import DECODERS_WITH_K, is_control
 from harness.metrics import t_interval
 
 PANEL_SIZE = (4.4, 3.2)  # inches; at DPI that is 440 x 320 px a panel, legends beside
 DPI = 100
 MAX_COLUMNS = 3
 MAX_LINES_PER_PANEL = 5  # beyond this the lines and bands of one panel cannot be told apart
-CONTROL = "reference"  # the dataset's own solutions: shows the tests run, is no decoder
 
 # Where each metric can lie: a band never leaves it.
 DOMAIN = {
@@ -229,12 +228,15 @@ def plot_pass_at_k(comparison: pd.DataFrame, out: Path, svg: bool = False) -> Pa
     cols = [c for c in ("pass@1", "pass@10") if c in comparison.columns and comparison[c].notna().any()]
     if not cols:
         return None
-    n_bars = comparison.task.nunique() * comparison[comparison.decoder != CONTROL].groupby(["run", "decoder"]).ngroups
+    n_bars = (
+        comparison.task.nunique() * comparison[~comparison.decoder.map(is_control)].groupby(["run", "decoder"]).ngroups
+    )
     fig, axes = _grid(len(cols), columns=2, width=max(PANEL_SIZE[0], 1.5 + 0.5 * n_bars))
     for ax, col in zip(axes, cols, strict=True):
         sub = comparison[comparison[col].notna()]
-        control = sub[sub.decoder == CONTROL].groupby("task")[col].mean()
-        bars = sub[sub.decoder != CONTROL]
+        controls = sub.decoder.map(is_control)
+        control = sub[controls].groupby("task")[col].mean()
+        bars = sub[~controls]
         tasks = sorted(set(bars.task) | set(control.index))
         series = list(dict.fromkeys(zip(bars.run, bars.decoder, bars.temperature, strict=True)))
         width = 0.8 / max(1, len(series))

@@ -4,7 +4,7 @@ run, and which of them a process of a launched run takes. The run's configuratio
 
 from __future__ import annotations
 
-from harness.config import REFERENCE, RunConfig
+from harness.config import RunConfig
 from harness.results import WorkUnit
 
 
@@ -27,11 +27,11 @@ def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[Work
     ar, rest = [], []
     samples = cfg.n_samples if temp > 0 else 1
     for decoder in cfg.decoders:
-        if decoder == REFERENCE:
+        spec = decoder_spec(decoder)
+        if spec.control:  # greedy, once, where the data has a reference
             if p.reference is not None and temp == 0:
                 rest.append(WorkUnit(task, p.problem_id, decoder, 0, temp, "-", 0))
             continue
-        spec = decoder_spec(decoder)
         accepts = cfg.accepts if spec.takes_k and temp > 0 else ("-",)
         for k in spec.lengths(cfg.ks):
             for accept in accepts:

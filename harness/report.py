@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.check import incomplete
+from harness.decoding import is_control
 from harness.errors import HarnessError
 from harness.figures import plot_pass_at_k, plot_speedup, plot_vs_k
 from harness.metrics import GROUP, summarize
@@ -128,7 +129,7 @@ def _scoring_note(records: list[dict]) -> str:
     """Which sandbox judged the records, and the records nobody could judge (never silently a fail)."""
     levels = sorted({r["isolation"] for r in records if r.get("isolation")})
     note = f"<p>verdicts judged in: {html.escape(', '.join(levels))}</p>" if levels else ""
-    controlled = {r["task"] for r in records if r.get("decoder") == "reference"}
+    controlled = {r["task"] for r in records if is_control(r.get("decoder", ""))}
     uncontrolled = sorted({r["task"] for r in records} - controlled) if controlled else []
     if uncontrolled:
         note += (

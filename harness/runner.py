@@ -9,10 +9,11 @@ import hashlib
 import sys
 from pathlib import Path
 
-from harness.planning import REFERENCE, RunConfig, my_problems, plan
+from harness.config import RunConfig
+from harness.planning import my_problems, plan
 from harness.results import Record, RunDirectory, WorkUnit, record_key
 
-__all__ = ["REFERENCE", "RunConfig", "run", "score"]
+__all__ = ["RunConfig", "run", "score"]
 
 
 def run(cfg: RunConfig, out_dir: str, resume: bool = False, progress: bool = True) -> Path | None:

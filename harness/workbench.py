@@ -8,7 +8,7 @@ import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from harness.config import REFERENCE, DecodeConfig, ModelSpec, RunConfig
+from harness.config import DecodeConfig, ModelSpec, RunConfig
 from harness.decoding import (
     Decoder,
     Generation,
@@ -16,6 +16,7 @@ from harness.decoding import (
     Stats,
     StopCondition,
     decoder_spec,
+    is_control,
     make_decoder,
     missing_draft_model,
 )
@@ -50,7 +51,7 @@ def load_models(
     lm, draft = load_model(spec), None
     if cfg.draft_model:  # the model's device, dtype and attention; its own adaptive tokens, the default engine
         draft = load_model(replace(spec, model=cfg.draft_model, adaptive_tokens=None, engine=ModelSpec.engine))
-    needs = [decoder_spec(d) for d in decoders if d != REFERENCE]
+    needs = [decoder_spec(d) for d in decoders]
     for need in needs:
         if need.needs_draft_model and draft is None:
             raise missing_draft_model(need.name)  # before anything is generated
@@ -84,7 +85,7 @@ class Workbench:
         decoders: dict = {}
         for unit in todo:
             key = (unit.decoder, unit.k, unit.accept)
-            if key not in decoders and unit.decoder != REFERENCE:
+            if key not in decoders and not is_control(unit.decoder):
                 accept = "exact" if unit.accept == "-" else unit.accept
                 decoders[key] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
         # completion prompts come without trailing whitespace (prompting: the whitespace rule)
@@ -102,7 +103,7 @@ class Workbench:
 
     def decoder(self, unit: WorkUnit) -> Decoder | None:
         """The unit's decoder; None for the reference control."""
-        if unit.decoder == REFERENCE:
+        if is_control(unit.decoder):
             return None
         try:
             return self.decoders[(unit.decoder, unit.k, unit.accept)]

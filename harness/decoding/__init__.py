@@ -51,6 +51,9 @@ class DecoderSpec:
     # (it takes no k; hf-pld looks up PLD_LOOKUP_TOKENS).
     draft_lengths: str = "none"
     needs_draft_model: bool = False
+    # A control, not a decoder (``reference``): the dataset's reference solution scored as a completion
+    # through the same prompt, assembly and sandbox, greedy only, where the data has one; nothing is built.
+    control: bool = False
 
     @property
     def takes_k(self) -> bool:
@@ -107,6 +110,10 @@ def _hf_assisted(lm: LoadedModel, o: Options) -> Decoder:
     return HfGenerateDecoder(lm, "hf-assisted", assistant=o.draft)
 
 
+def _control(lm: LoadedModel, o: Options) -> Decoder:
+    raise HarnessError("a control is not a decoder: it has nothing to build")
+
+
 REGISTRY: dict[str, DecoderSpec] = {
     spec.name: spec
     for spec in (
@@ -116,9 +123,11 @@ REGISTRY: dict[str, DecoderSpec] = {
         DecoderSpec("hf", _hf),
         DecoderSpec("hf-pld", _hf_pld),
         DecoderSpec("hf-assisted", _hf_assisted, needs_draft_model=True),
+        DecoderSpec("reference", _control, control=True),
     )
 }
-DECODERS = tuple(REGISTRY)
+DECODERS = tuple(name for name, spec in REGISTRY.items() if not spec.control)
+CONTROLS = tuple(name for name, spec in REGISTRY.items() if spec.control)
 DECODERS_WITH_K = tuple(name for name, spec in REGISTRY.items() if spec.takes_k)
 
 
@@ -126,7 +135,12 @@ def decoder_spec(name: str) -> DecoderSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(DECODERS)})") from None
+        raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(REGISTRY)})") from None
+
+
+def is_control(name: str) -> bool:
+    """Whether records of ``name`` are a control (their pass@k checks the scoring, not a decoder)."""
+    return name in CONTROLS
 
 
 def configuration(decoder: Decoder, lm: LoadedModel) -> str:
@@ -141,6 +155,7 @@ def make_decoder(name: str, lm: LoadedModel, **options) -> Decoder:
 
 
 __all__ = [
+    "CONTROLS",
     "DECODERS",
     "DECODERS_WITH_K",
     "REGISTRY",
@@ -152,6 +167,7 @@ __all__ = [
     "StopCondition",
     "configuration",
     "decoder_spec",
+    "is_control",
     "make_decoder",
     "missing_draft_model",
 ]
