@@ -41,10 +41,13 @@ class MetricResult:
     value: float | None
     tolerance: str
     ok: bool
+    comparable: bool = True  # False: the baseline cannot be set against this run (not gated, not failed)
 
     def line(self) -> str:
         value = "missing" if self.value is None else f"{self.value:.4f}"
-        return f"{'ok  ' if self.ok else 'FAIL'}  {self.metric:<70} {self.baseline:>8.4f} {value:>8}  {self.tolerance}"
+        tag = "ok  " if self.ok else "FAIL"
+        tag = tag if self.comparable else "skip"
+        return f"{tag}  {self.metric:<70} {self.baseline:>8.4f} {value:>8}  {self.tolerance}"
 
 
 def metric_key(row, metric: str) -> str:
@@ -113,7 +116,9 @@ def _tolerance(metric: str, entry: dict) -> tuple[str, float]:
 def gate(baseline: dict, values: dict[str, float], shares: dict | None = None) -> list[MetricResult]:
     """Every metric is 'higher is better': a value may fall below its baseline by its tolerance. A
     pooled speed metric whose baseline keeps its tasks' shares is compared over the tasks both the
-    baseline and the run have (``shares``: the run's, from speed_shares)."""
+    baseline and the run have (``shares``: the run's, from speed_shares); one whose baseline predates
+    the shares and pooled other tasks than the run has is not comparable, and says so."""
+    pooled_tasks = set(((baseline.get("source") or {}).get("config") or {}).get("tasks") or ())
     verdicts = []
     for metric, entry in sorted(baseline["metrics"].items()):
         kind, tol = _tolerance(metric, entry)
@@ -126,6 +131,10 @@ def gate(baseline: dict, values: dict[str, float], shares: dict | None = None) -
             base_shares = {t: tuple(v) for t, v in theirs.items()}
             base, value = (pooled(base_shares, common), pooled(mine, common)) if common else (base, None)
             text += f" (over {', '.join(sorted(common)) or 'no common task'})"
+        elif mine and not theirs and pooled_tasks and not pooled_tasks <= set(mine):
+            text += " (not comparable: the baseline pools tasks this run lacks and keeps no per-task shares)"
+            verdicts.append(MetricResult(metric, base, value, text, ok=True, comparable=False))
+            continue
         floor = base * (1 - tol) if kind == "rel" else base - tol
         verdicts.append(MetricResult(metric, base, value, text, value is not None and value >= floor - 1e-12))
     return verdicts
@@ -282,10 +291,12 @@ def gate_run(baseline: dict, values: dict, records: list[dict], info: dict, shar
     noisy, problems = noisy_problems(records)
     unmeasured = unmeasured_speedups(verdicts, noisy)  # a busy machine, not a regression
     failed = sum(not v.ok for v in verdicts) - len(unmeasured)
+    skipped = sum(not v.comparable for v in verdicts)
     print(
-        f"{len(verdicts) - failed - len(unmeasured)}/{len(verdicts)} metrics within tolerance"
+        f"{len(verdicts) - failed - len(unmeasured) - skipped}/{len(verdicts)} metrics within tolerance"
         + (f"; {failed} regressed" if failed else "")
         + (f"; {len(unmeasured)} not measured" if unmeasured else "")
+        + (f"; {skipped} not comparable (remake the baseline with --update-baseline to gate them)" if skipped else "")
     )
     for line in speed_notes(records, info, noisy, problems):
         print(line)

@@ -134,6 +134,28 @@ def test_the_speed_gate_compares_the_tasks_both_runs_have(tmp_path):
     assert not verdict.ok  # 1.1x against humaneval's 2.0x: a regression the pooled 1.41x would have hidden
 
 
+def test_a_pooled_speedup_without_task_shares_is_not_compared_with_fewer_tasks():
+    """A baseline made before task shares were kept pooled two tasks: a one-task run's pooled speedup
+    cannot be set against it, and the gate says so instead of passing or failing it."""
+    from harness.check import current_metrics, gate, speed_shares
+
+    both = [
+        _speed_record(t, p, d, s)
+        for t, ratio in (("humaneval", 2.0), ("multiple-js", 1.0))
+        for p in range(6)
+        for d, s in (("ar", 10.0), ("sdsat", 10.0 * ratio))
+    ]
+    metric = "all-tasks/sdsat/k=3:speedup"
+    source = {"config": {"tasks": ["humaneval", "multiple-js"]}}
+    baseline = {"source": source, "metrics": {metric: {"value": 2**0.5, "kind": "rel", "tolerance": 0.3}}}
+    humaneval_only = [r for r in both if r["task"] == "humaneval"]
+    [verdict] = gate(baseline, current_metrics(humaneval_only), speed_shares(humaneval_only))
+    assert verdict.ok and not verdict.comparable and "not comparable" in verdict.tolerance
+    assert verdict.line().startswith("skip")
+    [verdict] = gate(baseline, current_metrics(both), speed_shares(both))  # the same tasks: gated as ever
+    assert verdict.ok and verdict.comparable and verdict.value == pytest.approx(2**0.5)
+
+
 def test_check_and_report_call_a_cut_run_incomplete(run_dir, tmp_path, capsys):
     cut = tmp_path / "cut"
     shutil.copytree(run_dir, cut)
