@@ -119,25 +119,28 @@ def gate(baseline: dict, values: dict[str, float], shares: dict | None = None) -
     baseline and the run have (``shares``: the run's, from speed_shares); one whose baseline predates
     the shares and pooled other tasks than the run has is not comparable, and says so."""
     pooled_tasks = set(((baseline.get("source") or {}).get("config") or {}).get("tasks") or ())
-    verdicts = []
-    for metric, entry in sorted(baseline["metrics"].items()):
-        kind, tol = _tolerance(metric, entry)
-        base = float(entry["value"])
-        value = values.get(metric)
-        text = f"-{tol:.0%}" if kind == "rel" else f"-{tol:g}"
-        mine, theirs = (shares or {}).get(metric), entry.get("tasks")
-        if mine and theirs and set(mine) != set(theirs):
-            common = set(mine) & set(theirs)
-            base_shares = {t: tuple(v) for t, v in theirs.items()}
-            base, value = (pooled(base_shares, common), pooled(mine, common)) if common else (base, None)
-            text += f" (over {', '.join(sorted(common)) or 'no common task'})"
-        elif mine and not theirs and pooled_tasks and not pooled_tasks <= set(mine):
-            text += " (not comparable: the baseline pools tasks this run lacks and keeps no per-task shares)"
-            verdicts.append(MetricResult(metric, base, value, text, ok=True, comparable=False))
-            continue
-        floor = base * (1 - tol) if kind == "rel" else base - tol
-        verdicts.append(MetricResult(metric, base, value, text, value is not None and value >= floor - 1e-12))
-    return verdicts
+    return [
+        _verdict(metric, entry, values.get(metric), (shares or {}).get(metric), pooled_tasks)
+        for metric, entry in sorted(baseline["metrics"].items())
+    ]
+
+
+def _verdict(metric: str, entry: dict, value: float | None, mine: dict | None, pooled_tasks: set) -> MetricResult:
+    """One baseline entry against the run's value (``mine``: the run's task shares of a pooled speedup)."""
+    kind, tol = _tolerance(metric, entry)
+    base = float(entry["value"])
+    text = f"-{tol:.0%}" if kind == "rel" else f"-{tol:g}"
+    theirs = entry.get("tasks")
+    if mine and theirs and set(mine) != set(theirs):
+        common = set(mine) & set(theirs)
+        base_shares = {t: tuple(v) for t, v in theirs.items()}
+        base, value = (pooled(base_shares, common), pooled(mine, common)) if common else (base, None)
+        text += f" (over {', '.join(sorted(common)) or 'no common task'})"
+    elif mine and not theirs and pooled_tasks and not pooled_tasks <= set(mine):
+        text += " (not comparable: the baseline pools tasks this run lacks and keeps no per-task shares)"
+        return MetricResult(metric, base, value, text, ok=True, comparable=False)
+    floor = base * (1 - tol) if kind == "rel" else base - tol
+    return MetricResult(metric, base, value, text, value is not None and value >= floor - 1e-12)
 
 
 def read_baseline(path: Path) -> dict:
