@@ -89,7 +89,7 @@ def speed_shares(records: list[dict]) -> dict[str, dict[str, tuple[float, int]]]
         return {}
     # A noisy record says how busy the machine was, not how fast its decoder is: its problem leaves the
     # gate (the AR record it is paired with too).
-    noisy = set(zip(df.task[df.noisy], df.problem_id[df.noisy], strict=True))
+    noisy = _noisy_keys(df)
     df = df[[(t, p) not in noisy for t, p in zip(df.task, df.problem_id, strict=True)]]
     ar = ar_speeds(df)
     shares: dict[str, dict[str, tuple[float, int]]] = {}
@@ -214,8 +214,12 @@ def noisy_problems(records: list[dict]) -> tuple[int, int]:
     df = mark_noisy(pd.DataFrame(records))
     if df.empty:
         return 0, 0
-    keys = list(zip(df.task, df.problem_id, strict=True))
-    return len({k for k, n in zip(keys, df.noisy, strict=True) if n}), len(set(keys))
+    return len(_noisy_keys(df)), len(set(zip(df.task, df.problem_id, strict=True)))
+
+
+def _noisy_keys(df) -> set[tuple[str, str]]:
+    """(task, problem_id) of every problem with a noisy record (``df`` from mark_noisy)."""
+    return set(zip(df.task[df.noisy], df.problem_id[df.noisy], strict=True))
 
 
 def busy_run(records: list[dict], info: dict) -> str | None:

@@ -176,13 +176,22 @@ DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name not in ("mode
 _TYPES = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str, "float | None": float}
 
 
+def _dest(f) -> str:
+    """The argparse name of a field's flag (``--k`` for ``ks``, ``--top-p`` for ``top_p``)."""
+    return f.metadata["flag"] or f.name
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def _parser_of(f) -> Callable:
     return f.metadata["parse"] or _TYPES[f.type]
 
 
 # The settings a suite may set and a `run` flag overrides: (flag / suite key, RunConfig field, parser).
 SETTINGS: tuple[tuple[str, str, Callable], ...] = tuple(
-    (f.metadata["flag"] or f.name, f.name, _parser_of(f)) for f in fields(RunConfig) if f.metadata.get("suite")
+    (_dest(f), f.name, _parser_of(f)) for f in fields(RunConfig) if f.metadata.get("suite")
 )
 SUITE_KEYS = {"name", "tasks", "data_tasks", "models", *(key for key, _, _ in SETTINGS)}
 
@@ -200,7 +209,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, only=None, required=(), suit
         meta = f.metadata
         if "help" not in meta or (only is not None and f.name not in only):
             continue
-        flag = "--" + (meta["flag"] or f.name).replace("_", "-")
+        flag = _flag(_dest(f))
         default = None if f.default is MISSING else f.default
         shown = "" if default is None or default is False else f" (default {flag_text(default)})"
         if f.type == "bool":
@@ -226,8 +235,7 @@ def settings(flags: dict, suite: dict) -> dict:
         try:
             chosen[field_name] = parse(value)
         except (TypeError, ValueError):
-            flag = "--" + key.replace("_", "-")
-            raise HarnessError(f"{flag}: malformed value '{value}'") from None
+            raise HarnessError(f"{_flag(key)}: malformed value '{value}'") from None
     return chosen
 
 
@@ -237,5 +245,5 @@ def values(args: argparse.Namespace, cls, skip=()) -> dict:
     for f in fields(cls):
         if f.name in skip or "help" not in f.metadata:
             continue
-        out[f.name] = getattr(args, (f.metadata["flag"] or f.name).replace("-", "_"))
+        out[f.name] = getattr(args, _dest(f))
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from harness import engine as engines
-from harness.config import ModelSpec
+from harness.config import ENGINE_CHOICES, ModelSpec
 from harness.errors import HarnessError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
@@ -140,8 +140,8 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
     if isinstance(spec, str):
         spec = ModelSpec(model=spec)
     device, dtype, engine = spec.device, spec.dtype, spec.engine
-    if engine not in ("auto", *engines.ENGINES):
-        raise HarnessError(f"--engine: expected auto or one of {', '.join(engines.ENGINES)}, got '{engine}'")
+    if engine not in ENGINE_CHOICES:
+        raise HarnessError(f"--engine: expected one of {', '.join(ENGINE_CHOICES)}, got '{engine}'")
     if dtype not in DTYPES:
         raise HarnessError(f"--dtype: expected one of {', '.join(DTYPES)}, got '{dtype}'")
     torch_device = resolve_device(device)

@@ -27,14 +27,16 @@ from harness.prompting import encode, problem_stop, prompt_ids
 from harness.results import WorkUnit
 
 
-def warm_up(lm: LoadedModel, decoder: Decoder, sampling: SamplingParams) -> None:
+def warm_up(lm: LoadedModel, decoder: Decoder, temperature: float) -> None:
     """Compile the decoder's block sizes (engine ``compile``) and, on a GPU, run one short untimed
-    generation, so that kernel selection and the allocator warm up outside the timed records.
+    generation at ``temperature`` (seed 0), so that kernel selection and the allocator warm up outside
+    the timed records.
 
     Then two things that otherwise tax whichever decoder is timed after a compilation: the objects
     compilation left (graphs, guards, code: millions) are moved out of the garbage collector's sight,
     which would otherwise walk them on every full collection inside a timed generation; and the GPU,
     whose clocks fall while the host compiles, is kept busy until they are back up."""
+    sampling = SamplingParams(temperature, seed=0)
     lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
     if lm.device.type == "cuda":
         decoder.generate(encode(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
@@ -67,7 +69,7 @@ def for_decode(cfg: DecodeConfig) -> tuple[LoadedModel, Decoder, SamplingParams]
     lm, draft = load_models(cfg, cfg.device, (cfg.decoder,), ())  # make_decoder checks k after its other settings
     decoder = make_decoder(cfg.decoder, lm, k=cfg.k, accept=cfg.accept, tree=cfg.tree, draft=draft, groups=cfg.groups)
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.seed)
-    warm_up(lm, decoder, SamplingParams(cfg.temperature, seed=0))
+    warm_up(lm, decoder, cfg.temperature)
     return lm, decoder, sampling
 
 
@@ -122,7 +124,7 @@ class Workbench:
             return Generation([], problem.reference, "reference", Stats(loops_observed=False))
         if (decoder, sampling.temperature) not in self._warmed:
             self._warmed.add((decoder, sampling.temperature))
-            warm_up(self.lm, decoder, SamplingParams(sampling.temperature, seed=0))
+            warm_up(self.lm, decoder, sampling.temperature)
         # The same seed gives the same tokens each time: only the timing differs, and the median one is
         # kept (a transient load spoils one repeat, not the record).
         gens = sorted(
