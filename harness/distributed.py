@@ -16,6 +16,7 @@ class Shard:
     count: int = 1
     local_index: int = 0
     state: Any = None  # accelerate.PartialState when launched with several processes
+    gpus: int = 0  # GPUs on this host that the processes share (0: one per process, or none)
 
     @property
     def is_main(self) -> bool:
@@ -25,8 +26,11 @@ class Shard:
         return problem_number % self.count == self.index
 
     def device(self, requested: str) -> str:
-        """One GPU per process: ``cuda`` becomes this process's local device."""
-        return f"cuda:{self.local_index}" if requested == "cuda" and self.count > 1 else requested
+        """``cuda`` becomes this process's local device: one GPU per process, or, with more processes
+        than GPUs, the GPUs dealt round-robin (accuracy runs: a shared GPU's timings mean little)."""
+        if requested != "cuda" or self.count == 1:
+            return requested
+        return f"cuda:{self.local_index % self.gpus if self.gpus else self.local_index}"
 
     def wait(self) -> None:
         if self.state is not None:
@@ -44,10 +48,17 @@ class Shard:
 def current_shard(cpu: bool = False) -> Shard:
     """This process's shard when launched with several processes (``accelerate launch --multi_gpu
     --num_processes N``, or ``torchrun``, which it calls; on CPU, processes talk through gloo, and
-    ``cpu`` must be True or accelerate leaves every process on its own)."""
+    ``cpu`` must be True or accelerate leaves every process on its own). More processes on a host
+    than it has GPUs share them, and talk through gloo (NCCL refuses two processes on one GPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Shard()
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu)
-    return Shard(state.process_index, state.num_processes, state.local_process_index, state)
+    gpus = 0
+    if not cpu:
+        import torch
+
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        gpus = torch.cuda.device_count() if local > torch.cuda.device_count() else 0
+    state = PartialState(cpu=cpu or gpus > 0)
+    return Shard(state.process_index, state.num_processes, state.local_process_index, state, gpus)

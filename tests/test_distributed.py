@@ -167,3 +167,15 @@ def test_retrofit_on_two_processes(tmp_path, lora):
     assert summary["processes"] == 2 and summary["steps"] == 4
     assert summary["tokens"] == 4 * 2 * 64 * 2  # steps x batch x seq_len x processes
     assert load_model(str(work / "sdsat")).adaptive.max_k == 15
+
+
+def test_processes_beyond_the_gpus_share_them_round_robin():
+    """More processes than GPUs (an accuracy run on one GPU): each takes a GPU in turn; with one GPU
+    per process, process i takes GPU i; a CPU run stays on the CPU."""
+    from harness.distributed import Shard
+
+    shared = [Shard(i, 4, i, gpus=1).device("cuda") for i in range(4)]
+    assert shared == ["cuda:0"] * 4
+    assert [Shard(i, 4, i, gpus=2).device("cuda") for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert Shard(1, 2, 1).device("cuda") == "cuda:1"
+    assert Shard(1, 2, 1, gpus=1).device("cpu") == "cpu"
