@@ -33,7 +33,13 @@ class Shard:
         return f"cuda:{self.local_index % self.gpus if self.gpus else self.local_index}"
 
     def wait(self) -> None:
-        if self.state is not None:
+        if self.state is None:
+            return
+        if self.gpus:  # accelerate's barrier names this process's GPU, which a shared one is not
+            import torch.distributed
+
+            torch.distributed.barrier()
+        else:
             self.state.wait_for_everyone()
 
     def gather(self, obj) -> list:
