@@ -19,6 +19,9 @@ from harness.errors import HarnessError
 
 ENGINES = ("eager", "static", "compile")  # how our decoders' passes run (harness.engine)
 ENGINE_CHOICES = ("auto", *ENGINES)  # auto: compile on CUDA, eager on CPU
+# lookahead's window W and guess set G: lade's documented configuration (LEVEL=5, WINDOW_SIZE=7, GUESS_SET_SIZE=7)
+LOOKAHEAD_WINDOW = 7
+LOOKAHEAD_GUESSES = 7
 
 
 def _items(convert: Callable) -> Callable:
@@ -93,6 +96,10 @@ class GenerationSettings:
     draft_model: str | None = setting(
         None, "draft model of the hf-assisted decoder (e.g. default-draft)", parse=lambda v: v, suite=True
     )
+    window: int = setting(
+        LOOKAHEAD_WINDOW, "lookahead's window W: future positions a Jacobi iteration guesses", suite=True
+    )
+    guesses: int = setting(LOOKAHEAD_GUESSES, "lookahead's guess set G: n-gram candidates verified a loop", suite=True)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,7 +109,11 @@ class RunConfig(GenerationSettings, ModelSpec):
     tasks: tuple[str, ...]
     decoders: tuple[str, ...] = setting(("ar", "sdsat"), "comma-separated decoders", parse=_items(str), suite=True)
     ks: tuple[int, ...] = setting(
-        (0, 1, 3, 5, 7), "comma-separated draft lengths for sdsat", flag="k", parse=_items(int), suite=True
+        (0, 1, 3, 5, 7),
+        "comma-separated draft lengths (sdsat, sdsat-fused, pld, lookahead)",
+        flag="k",
+        parse=_items(int),
+        suite=True,
     )
     temperatures: tuple[float, ...] = setting(
         (0.0,), "comma-separated temperatures, 0 = greedy", flag="temperature", parse=_items(float), suite=True
@@ -147,8 +158,10 @@ class RunConfig(GenerationSettings, ModelSpec):
 class DecodeConfig(GenerationSettings, ModelSpec):
     """One `decode`: a prompt through one decoder."""
 
-    decoder: str = setting("sdsat", "ar | sdsat | sdsat-fused | hf | hf-pld | hf-assisted")
-    k: int = setting(5, "draft length: adaptive tokens per loop (sdsat), 0 = plain AR")
+    decoder: str = setting("sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | hf | hf-pld | hf-assisted")
+    k: int = setting(
+        5, "draft length: adaptive tokens per loop (sdsat; 0 = plain AR), pld's longest draft, lookahead's N - 1"
+    )
     temperature: float = setting(0.0, "0 = greedy")
     accept: str = setting("exact", "sampling acceptance rule: exact | paper")
     tree: str | None = setting(None, "draft tree for sampling: default | chain | JSON list of paths")

@@ -32,7 +32,7 @@ def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[Work
             if p.reference is not None and temp == 0:
                 rest.append(WorkUnit(task, p.problem_id, decoder, 0, temp, "-", 0))
             continue
-        accepts = cfg.accepts if spec.takes_k and temp > 0 else ("-",)
+        accepts = cfg.accepts if spec.adaptive and temp > 0 else ("-",)
         for k in spec.lengths(cfg.ks):
             for accept in accepts:
                 for s in range(samples):

@@ -90,10 +90,10 @@ def variants(variant: str) -> tuple[str, ...]:
 
 
 def probe_decoders(cfg: ProbeConfig) -> list[tuple[str, int]]:
-    """Every decoder that drafts, at each of the probe's draft lengths."""
-    from harness.decoding import DECODERS_WITH_K
+    """Every decoder that drafts with adaptive tokens, at each of the probe's draft lengths."""
+    from harness.decoding import ADAPTIVE_DECODERS
 
-    return [(d, k) for d in DECODERS_WITH_K for k in cfg.ks if k > 0]
+    return [(d, k) for d in ADAPTIVE_DECODERS for k in cfg.ks if k > 0]
 
 
 def synthetic_model(cfg: ProbeConfig):

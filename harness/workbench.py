@@ -57,17 +57,24 @@ def load_models(
     for need in needs:
         if need.needs_draft_model and draft is None:
             raise missing_draft_model(need.name)  # before anything is generated
-    if any(s.takes_k for s in needs):
+    if any(s.adaptive for s in needs):
         for k in ks:
             if k > 0:
                 lm.require_adaptive(k)
     return lm, draft
 
 
+def decoder_options(cfg: RunConfig | DecodeConfig) -> dict:
+    """The generation settings that decoders are built with (each takes the part it understands)."""
+    return {"groups": cfg.groups, "window": cfg.window, "guesses": cfg.guesses}
+
+
 def for_decode(cfg: DecodeConfig) -> tuple[LoadedModel, Decoder, SamplingParams]:
     """`decode`'s model, decoder and sampling, loaded and warmed up as a run's are."""
     lm, draft = load_models(cfg, cfg.device, (cfg.decoder,), ())  # make_decoder checks k after its other settings
-    decoder = make_decoder(cfg.decoder, lm, k=cfg.k, accept=cfg.accept, tree=cfg.tree, draft=draft, groups=cfg.groups)
+    decoder = make_decoder(
+        cfg.decoder, lm, k=cfg.k, accept=cfg.accept, tree=cfg.tree, draft=draft, **decoder_options(cfg)
+    )
     sampling = SamplingParams(cfg.temperature, cfg.top_p, cfg.top_k, cfg.seed)
     warm_up(lm, decoder, cfg.temperature)
     return lm, decoder, sampling
@@ -89,7 +96,9 @@ class Workbench:
             key = (unit.decoder, unit.k, unit.accept)
             if key not in decoders and not is_control(unit.decoder):
                 accept = "exact" if unit.accept == "-" else unit.accept
-                decoders[key] = make_decoder(unit.decoder, lm, k=unit.k, accept=accept, draft=draft, groups=cfg.groups)
+                decoders[key] = make_decoder(
+                    unit.decoder, lm, k=unit.k, accept=accept, draft=draft, **decoder_options(cfg)
+                )
         # completion prompts come without trailing whitespace (prompting: the whitespace rule)
         prompts = {(t, p.problem_id): prompt_ids(lm, p, cfg.fim_order) for t, ps in problems.items() for p in ps}
         bench = cls(cfg, lm, decoders, prompts)

@@ -45,6 +45,38 @@ def test_sdsat_greedy_equals_ar(seed, repeated, context_free):
     assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
 
 
+TEXT_DRAFTERS = [
+    ("pld", {"k": 1}),
+    ("pld", {"k": 5}),
+    ("lookahead", {"k": 1, "window": 3, "guesses": 2}),
+    ("lookahead", {"k": 4}),  # lade's W = G = 7
+    ("lookahead", {"k": 3, "window": 2, "guesses": 5}),
+]
+
+
+@pytest.mark.parametrize("decoder,options", TEXT_DRAFTERS)
+@pytest.mark.parametrize("seed,context_free", [(0, False), (2, True)])
+def test_text_drafters_greedy_equal_ar(decoder, options, seed, context_free):
+    """Prompt lookup and lookahead (drafts from the prompt, the completion and Jacobi iterations, not
+    from adaptive tokens) are token-identical to AR for any weights, and do accept drafts."""
+    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
+    stops = (
+        StopCondition(max_new_tokens=37),
+        StopCondition(max_new_tokens=60, stop_strings=("\n\n", "):"), eos_token_ids=frozenset({1})),
+        StopCondition(max_new_tokens=1),
+    )
+    drafter = make_decoder(decoder, lm, **options)
+    accepted = 0
+    for prompt in [*PROMPTS, "ab(ab(ab( hh ab"]:
+        ids = prompt_ids(lm, prompt)
+        for stop in stops:
+            ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
+            gen = drafter.generate(ids, stop, GREEDY)
+            assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason), (prompt, stop)
+            accepted += gen.stats.accepted
+    assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
+
+
 def test_k0_is_plain_ar():
     lm = make_lm(seed=4)
     ar, sd = _both(lm, "abc", 0, StopCondition(max_new_tokens=20))
@@ -123,7 +155,7 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     lm = make_lm(seed=1, init_range=0.5)
     ids = prompt_ids(lm, "def f(a):\n")
     stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
-    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2)]
+    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2), ("pld", 2), ("lookahead", 2)]
     runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
     expected = [make_decoder(n, lm, k=k).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     lm.engine = engines.DecodeEngine(lm.model, mode, backend=backend)
@@ -134,6 +166,9 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     assert got == expected
     assert counters["stats"]["unique_graphs"] == compiled, "a generation compiled a graph: warm-up missed a shape"
+
+
+GRAPHED = (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5), ("pld", 3), ("lookahead", 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device: 2026-12-02 H200)")
@@ -148,11 +183,11 @@ def test_cuda_graph_engine_emits_eager_tokens():
     tokens = {}
     for mode in ("eager", "compile"):
         lm.engine = engines.DecodeEngine(lm.model, mode)
-        for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5)):
+        for name, k in GRAPHED:
             decoder = make_decoder(name, lm, k=k)
             lm.engine.warm_up(decoder.block_sizes(True))
             tokens[mode, name, k] = [decoder.generate(ids, stop, GREEDY).tokens for ids in prompts]
     assert "CUDA graph" in lm.engine.description
     assert set(lm.engine._graphs.blas.values()) <= {"cublas", "cublaslt"} and lm.engine._graphs.blas
-    for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("sdsat-fused", 5)):
+    for name, k in GRAPHED:
         assert tokens["compile", name, k] == tokens["eager", name, k] == tokens["eager", "ar", 0]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from harness.config import LOOKAHEAD_GUESSES, LOOKAHEAD_WINDOW
 from harness.errors import HarnessError
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ class Options:
     tree: str | None = None
     draft: LoadedModel | None = None
     groups: str | None = None
+    window: int = LOOKAHEAD_WINDOW  # lookahead's W and G
+    guesses: int = LOOKAHEAD_GUESSES
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class DecoderSpec:
     # Draft lengths it runs at: "any" (k = 0 is plain AR through its own loop), "positive", or "none"
     # (it takes no k; hf-pld looks up PLD_LOOKUP_TOKENS).
     draft_lengths: str = "none"
+    # Its drafts come from the model's adaptive tokens (it needs k of them; sampling takes an accept
+    # rule, exact or the paper's); the other drafters take theirs from text and accept exactly.
+    adaptive: bool = False
     needs_draft_model: bool = False
     # A control, not a decoder (``reference``): the dataset's reference solution scored as a completion
     # through the same prompt, assembly and sandbox, greedy only, where the data has one; nothing is built.
@@ -57,7 +63,7 @@ class DecoderSpec:
 
     @property
     def takes_k(self) -> bool:
-        """Its draft length k uses the model's adaptive tokens, and accept rules apply when sampling."""
+        """It runs at the draft lengths k of a run (``--k``)."""
         return self.draft_lengths != "none"
 
     def lengths(self, ks: tuple[int, ...]) -> tuple[int, ...]:
@@ -84,6 +90,18 @@ def _sdsat_fused(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.fused import FusedSdsatDecoder
 
     return FusedSdsatDecoder(lm, o.k, accept=o.accept, tree=o.tree, groups=o.groups)
+
+
+def _pld(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.prompt_lookup import PromptLookupDecoder
+
+    return PromptLookupDecoder(lm, o.k)
+
+
+def _lookahead(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.lookahead import LookaheadDecoder
+
+    return LookaheadDecoder(lm, o.k, o.window, o.guesses)
 
 
 def _hf(lm: LoadedModel, o: Options) -> Decoder:
@@ -118,8 +136,10 @@ REGISTRY: dict[str, DecoderSpec] = {
     spec.name: spec
     for spec in (
         DecoderSpec("ar", _ar),
-        DecoderSpec("sdsat", _sdsat, "any"),
-        DecoderSpec("sdsat-fused", _sdsat_fused, "positive"),
+        DecoderSpec("sdsat", _sdsat, "any", adaptive=True),
+        DecoderSpec("sdsat-fused", _sdsat_fused, "positive", adaptive=True),
+        DecoderSpec("pld", _pld, "positive"),
+        DecoderSpec("lookahead", _lookahead, "positive"),
         DecoderSpec("hf", _hf),
         DecoderSpec("hf-pld", _hf_pld),
         DecoderSpec("hf-assisted", _hf_assisted, needs_draft_model=True),
@@ -129,6 +149,7 @@ REGISTRY: dict[str, DecoderSpec] = {
 DECODERS = tuple(name for name, spec in REGISTRY.items() if not spec.control)
 CONTROLS = tuple(name for name, spec in REGISTRY.items() if spec.control)
 DECODERS_WITH_K = tuple(name for name, spec in REGISTRY.items() if spec.takes_k)
+ADAPTIVE_DECODERS = tuple(name for name, spec in REGISTRY.items() if spec.adaptive)
 
 
 def decoder_spec(name: str) -> DecoderSpec:
@@ -150,11 +171,13 @@ def configuration(decoder: Decoder, lm: LoadedModel) -> str:
 
 
 def make_decoder(name: str, lm: LoadedModel, **options) -> Decoder:
-    """Build decoder ``name`` on ``lm``; ``options`` are ``Options`` fields (k, accept, tree, draft, groups)."""
+    """Build decoder ``name`` on ``lm``; ``options`` are ``Options`` fields (k, accept, tree, draft, groups,
+    window, guesses)."""
     return decoder_spec(name).build(lm, Options(**options))
 
 
 __all__ = [
+    "ADAPTIVE_DECODERS",
     "CONTROLS",
     "DECODERS",
     "DECODERS_WITH_K",

@@ -9,11 +9,15 @@ from harness.decoding.session import DecodeSession
 from harness.models import LoadedModel
 
 
+def autoregressive_step(s: DecodeSession) -> None:
+    token = s.choose(s.forward([s.pending])[-1])
+    s.record(drafted=0, accepted=0, emitted=s.emit([token]), forwards=1)
+    s.pending = token
+
+
 def autoregressive_loop(s: DecodeSession) -> None:
     while not s.done:
-        token = s.choose(s.forward([s.pending])[-1])
-        s.record(drafted=0, accepted=0, emitted=s.emit([token]), forwards=1)
-        s.pending = token
+        autoregressive_step(s)
 
 
 class AutoregressiveDecoder:
