@@ -94,7 +94,7 @@ class GenerationSettings:
         "all", "sdsat-fused's group policy: all | acceptance lengths, e.g. 0,1,2", parse=str, suite=True
     )
     draft_model: str | None = setting(
-        None, "draft model of the hf-assisted decoder (e.g. default-draft)", parse=lambda v: v, suite=True
+        None, "draft model of sps and hf-assisted (e.g. default-draft)", parse=lambda v: v, suite=True
     )
     window: int = setting(
         LOOKAHEAD_WINDOW, "lookahead's window W: future positions a Jacobi iteration guesses", suite=True
@@ -158,7 +158,7 @@ class RunConfig(GenerationSettings, ModelSpec):
 class DecodeConfig(GenerationSettings, ModelSpec):
     """One `decode`: a prompt through one decoder."""
 
-    decoder: str = setting("sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | hf | hf-pld | hf-assisted")
+    decoder: str = setting("sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | sps | hf | hf-pld | hf-assisted")
     k: int = setting(
         5, "draft length: adaptive tokens per loop (sdsat; 0 = plain AR), pld's longest draft, lookahead's N - 1"
     )

@@ -38,6 +38,8 @@ def warm_up(lm: LoadedModel, decoder: Decoder, temperature: float) -> None:
     whose clocks fall while the host compiles, is kept busy until they are back up."""
     sampling = SamplingParams(temperature, seed=0)
     lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
+    if hasattr(decoder, "draft_block_sizes"):  # a draft model on its own engine (sps)
+        decoder.draft.engine.warm_up(decoder.draft_block_sizes())
     if lm.device.type == "cuda":
         decoder.generate(encode(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
         gc.collect()
@@ -111,6 +113,9 @@ class Workbench:
         blocks = [b for d in self.decoders.values() for g in modes for b in d.block_sizes(g)]
         longest = max(map(len, self.prompts.values()), default=0)
         self.lm.engine.reserve(longest + self.cfg.max_new_tokens + max(blocks, default=1))
+        for d in self.decoders.values():
+            if hasattr(d, "draft_block_sizes"):  # the draft model's cache runs up to k tokens ahead
+                d.draft.engine.reserve(longest + self.cfg.max_new_tokens + d.k + 2)
 
     def decoder(self, unit: WorkUnit) -> Decoder | None:
         """The unit's decoder; None for the reference control."""

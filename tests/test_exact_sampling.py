@@ -109,18 +109,18 @@ def test_exact_rule_accepts_drafts_and_paper_rule_is_biased(decoder):
     assert goodness_of_fit(sample_counts(paper, ids, sampling, n), expected) < 1e-6
 
 
-TEXT_DRAFTERS = [("pld", {"k": 3}), ("lookahead", {"k": 2, "window": 3, "guesses": 3})]
+TEXT_DRAFTERS = [("pld", {"k": 3}), ("lookahead", {"k": 2, "window": 3, "guesses": 3}), ("sps", {"k": 3})]
 
 
 @pytest.mark.parametrize("decoder,options", TEXT_DRAFTERS)
 @pytest.mark.parametrize("seed,context_free,sampling", [(0, False, CASES[0][2]), (3, True, SamplingParams(1.0))])
 def test_text_drafters_sample_exactly(decoder, options, seed, context_free, sampling):
     """Prompt lookup and lookahead draft from text (the prompt repeats, so both have candidates from
-    the first token on) and accept each draft with its target probability: the first tokens follow the
-    enumerated distribution, and drafts are accepted."""
+    the first token on), sps from a draft model's greedy choices, and each accepts a draft with its
+    target probability: the first tokens follow the enumerated distribution, and drafts are accepted."""
     lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
     ids = prompt_ids(lm, "ab(ab(ab(")
-    drafter = make_decoder(decoder, lm, **options)
+    drafter = make_decoder(decoder, lm, **options, draft=lm)  # sps: the target's own greedy choices
     counts = sample_counts(drafter, ids, sampling, 3000)
     assert goodness_of_fit(counts, exact_distribution(lm, ids, sampling)) > 1e-3
     stats = drafter.generate(ids, StopCondition(max_new_tokens=100), sampling).stats

@@ -77,6 +77,25 @@ def test_text_drafters_greedy_equal_ar(decoder, options, seed, context_free):
     assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
 
 
+@pytest.mark.parametrize("seed,context_free", [(0, False), (2, True)])
+def test_sps_greedy_equals_ar(seed, context_free):
+    """A draft model on its own cache: an unrelated one (drafts mostly wrong) and the target itself
+    (every draft right, so the draft cache runs a full k ahead and takes the last draft back in)."""
+    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
+    stops = (StopCondition(max_new_tokens=37), StopCondition(60, ("\n\n", "):"), frozenset({1})), StopCondition(1))
+    for draft in (make_lm(seed=9, init_range=0.5), lm):
+        for k in (1, 3, 6):
+            sps = make_decoder("sps", lm, k=k, draft=draft)
+            for prompt in PROMPTS:
+                ids = prompt_ids(lm, prompt)
+                for stop in stops:
+                    ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
+                    gen = sps.generate(ids, stop, GREEDY)
+                    assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason)
+    full = make_decoder("sps", lm, k=3, draft=lm).generate(prompt_ids(lm, "abc"), StopCondition(61), GREEDY)
+    assert full.stats.accepted == 46 and full.stats.forward_passes == 16  # 15 loops of 3 + bonus, then 1 draft kept
+
+
 def test_k0_is_plain_ar():
     lm = make_lm(seed=4)
     ar, sd = _both(lm, "abc", 0, StopCondition(max_new_tokens=20))
@@ -138,6 +157,10 @@ def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():
     lm = make_lm(seed=5)
     with pytest.raises(HarnessError, match="needs a draft model"):
         make_decoder("hf-assisted", lm)
+    with pytest.raises(HarnessError, match="needs a draft model"):
+        make_decoder("sps", lm, k=3)
+    with pytest.raises(HarnessError, match="another vocabulary"):
+        make_decoder("sps", lm, k=3, draft=make_lm(seed=6, alphabet="xyz"))
     with pytest.raises(HarnessError, match="another vocabulary"):
         make_decoder("hf-assisted", lm, draft=make_lm(seed=6, alphabet="xyz"))
 
@@ -155,13 +178,16 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     lm = make_lm(seed=1, init_range=0.5)
     ids = prompt_ids(lm, "def f(a):\n")
     stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
-    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2), ("pld", 2), ("lookahead", 2)]
+    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2), ("pld", 2), ("lookahead", 2), ("sps", 2)]
+    draft = make_lm(seed=9, init_range=0.5)
     runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
-    expected = [make_decoder(n, lm, k=k).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
+    expected = [make_decoder(n, lm, k=k, draft=draft).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     lm.engine = engines.DecodeEngine(lm.model, mode, backend=backend)
-    decoders = {(n, k): make_decoder(n, lm, k=k) for n, k in cases}
+    draft.engine = engines.DecodeEngine(draft.model, mode, backend=backend)
+    decoders = {(n, k): make_decoder(n, lm, k=k, draft=draft) for n, k in cases}
     for d in decoders.values():
         lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
+    draft.engine.warm_up(decoders["sps", 2].draft_block_sizes())
     compiled = counters["stats"]["unique_graphs"]
     got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     assert got == expected

@@ -104,6 +104,14 @@ def _lookahead(lm: LoadedModel, o: Options) -> Decoder:
     return LookaheadDecoder(lm, o.k, o.window, o.guesses)
 
 
+def _sps(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.draft_model import DraftModelDecoder
+
+    if o.draft is None:
+        raise missing_draft_model("sps")
+    return DraftModelDecoder(lm, o.draft, o.k)
+
+
 def _hf(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.peers import HfGenerateDecoder
 
@@ -140,6 +148,7 @@ REGISTRY: dict[str, DecoderSpec] = {
         DecoderSpec("sdsat-fused", _sdsat_fused, "positive", adaptive=True),
         DecoderSpec("pld", _pld, "positive"),
         DecoderSpec("lookahead", _lookahead, "positive"),
+        DecoderSpec("sps", _sps, "positive", needs_draft_model=True),
         DecoderSpec("hf", _hf),
         DecoderSpec("hf-pld", _hf_pld),
         DecoderSpec("hf-assisted", _hf_assisted, needs_draft_model=True),
