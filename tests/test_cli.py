@@ -61,21 +61,27 @@ def test_decode_json_with_adaptive_tokens_flag(capsys, plain_checkpoint):
     assert set(record) >= {"completion", "accept_rate", "tokens_per_forward", "prefill_s", "decode_s"}
 
 
-@pytest.mark.parametrize("decoder", ["ar", "hf"])
+@pytest.mark.parametrize("decoder", ["ar", "hf", "pld", "lookahead"])
 def test_baselines_run_without_adaptive_tokens(capsys, plain_checkpoint, decoder):
-    code, _, _ = _run(
+    """Only the adaptive-token decoders need adaptive tokens: prompt lookup and lookahead draft from text."""
+    code, out, _ = _run(
         capsys,
         "decode",
         "--model",
         str(plain_checkpoint),
         "--decoder",
         decoder,
+        "--k",
+        "3",
         "--prompt",
-        "abc",
+        "abcabc",
         "--max-new-tokens",
         "5",
+        "--json",
     )
     assert code == 0
+    if decoder == "lookahead":
+        assert "lookahead W=7 N=4 G=7" in json.loads(out)["configuration"]
 
 
 BAD_INPUT = [
