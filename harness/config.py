@@ -100,6 +100,9 @@ class GenerationSettings:
         LOOKAHEAD_WINDOW, "lookahead's window W: future positions a Jacobi iteration guesses", suite=True
     )
     guesses: int = setting(LOOKAHEAD_GUESSES, "lookahead's guess set G: n-gram candidates verified a loop", suite=True)
+    drafter: str | None = setting(
+        None, "the medusa decoder's trained heads (a directory)", parse=lambda v: v, suite=True
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -158,7 +161,9 @@ class RunConfig(GenerationSettings, ModelSpec):
 class DecodeConfig(GenerationSettings, ModelSpec):
     """One `decode`: a prompt through one decoder."""
 
-    decoder: str = setting("sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | sps | hf | hf-pld | hf-assisted")
+    decoder: str = setting(
+        "sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | sps | medusa | hf | hf-pld | hf-assisted"
+    )
     k: int = setting(
         5, "draft length: adaptive tokens per loop (sdsat; 0 = plain AR), pld's longest draft, lookahead's N - 1"
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from harness.config import DecodeConfig, ModelSpec, RunConfig
 from harness.decoding import (
@@ -26,6 +27,18 @@ from harness.models import LoadedModel, load_model
 from harness.prompting import encode, problem_stop, prompt_ids
 from harness.results import WorkUnit
 
+if TYPE_CHECKING:
+    from harness.engine import DecodeEngine
+
+
+def decoder_engines(decoder: Decoder, greedy: bool) -> list[tuple[DecodeEngine, tuple[int, ...]]]:
+    """Every engine a decoder's passes run on, with their block sizes: its model's (for medusa, the
+    model with hidden states), and a draft model's (sps)."""
+    engines = [(decoder.lm.engine, decoder.block_sizes(greedy))]
+    if hasattr(decoder, "draft_block_sizes"):
+        engines.append((decoder.draft.engine, decoder.draft_block_sizes()))
+    return engines
+
 
 def warm_up(lm: LoadedModel, decoder: Decoder, temperature: float) -> None:
     """Compile the decoder's block sizes (engine ``compile``) and, on a GPU, run one short untimed
@@ -37,9 +50,8 @@ def warm_up(lm: LoadedModel, decoder: Decoder, temperature: float) -> None:
     which would otherwise walk them on every full collection inside a timed generation; and the GPU,
     whose clocks fall while the host compiles, is kept busy until they are back up."""
     sampling = SamplingParams(temperature, seed=0)
-    lm.engine.warm_up(decoder.block_sizes(sampling.greedy))
-    if hasattr(decoder, "draft_block_sizes"):  # a draft model on its own engine (sps)
-        decoder.draft.engine.warm_up(decoder.draft_block_sizes())
+    for engine, blocks in decoder_engines(decoder, sampling.greedy):
+        engine.warm_up(blocks)
     if lm.device.type == "cuda":
         decoder.generate(encode(lm.tokenizer, "def warm_up(x):"), StopCondition(16), sampling)
         gc.collect()
@@ -68,7 +80,7 @@ def load_models(
 
 def decoder_options(cfg: RunConfig | DecodeConfig) -> dict:
     """The generation settings that decoders are built with (each takes the part it understands)."""
-    return {"groups": cfg.groups, "window": cfg.window, "guesses": cfg.guesses}
+    return {"groups": cfg.groups, "window": cfg.window, "guesses": cfg.guesses, "drafter": cfg.drafter}
 
 
 def for_decode(cfg: DecodeConfig) -> tuple[LoadedModel, Decoder, SamplingParams]:
@@ -110,12 +122,12 @@ class Workbench:
     def _reserve(self) -> None:
         """One static cache for the whole run: a later growth would recompile every compiled block size."""
         modes = {t <= 0 for t in self.cfg.temperatures}  # greedy and/or sampling
-        blocks = [b for d in self.decoders.values() for g in modes for b in d.block_sizes(g)]
+        used = [pair for d in self.decoders.values() for g in modes for pair in decoder_engines(d, g)]
         longest = max(map(len, self.prompts.values()), default=0)
-        self.lm.engine.reserve(longest + self.cfg.max_new_tokens + max(blocks, default=1))
-        for d in self.decoders.values():
-            if hasattr(d, "draft_block_sizes"):  # the draft model's cache runs up to k tokens ahead
-                d.draft.engine.reserve(longest + self.cfg.max_new_tokens + d.k + 2)
+        # a draft model's cache runs up to a block ahead of the target's, hence the margin
+        needed = longest + self.cfg.max_new_tokens + 2 * max((max(b) for _, b in used), default=1)
+        for engine in {id(e): e for e, _ in [(self.lm.engine, ()), *used]}.values():
+            engine.reserve(needed)
 
     def decoder(self, unit: WorkUnit) -> Decoder | None:
         """The unit's decoder; None for the reference control."""

@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 
 from harness.decoding import SamplingParams, StopCondition, make_decoder
 from harness.decoding.sampling import target_probs
-from tests.tiny import make_lm, prompt_ids
+from tests.tiny import make_lm, medusa_drafter, prompt_ids
 
 N_TOKENS = 3
 
@@ -125,3 +125,16 @@ def test_text_drafters_sample_exactly(decoder, options, seed, context_free, samp
     assert goodness_of_fit(counts, exact_distribution(lm, ids, sampling)) > 1e-3
     stats = drafter.generate(ids, StopCondition(max_new_tokens=100), sampling).stats
     assert stats.drafted > 0 and stats.accepted > 0
+
+
+@pytest.mark.parametrize("seed,context_free,std,sampling", [(0, False, 0.3, CASES[0][2]), (3, True, 0.0, CASES[1][2])])
+def test_medusa_samples_exactly(tmp_path, seed, context_free, std, sampling):
+    """Medusa's tree of the heads' top-ranked tokens, walked by the exact rule: the first tokens follow
+    the enumerated distribution; zero heads on a context-free model draft the top token, often accepted."""
+    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
+    ids = prompt_ids(lm, "ab(")
+    medusa = make_decoder("medusa", lm, k=3, drafter=medusa_drafter(lm, tmp_path, std=std))
+    counts = sample_counts(medusa, ids, sampling, 3000)
+    assert goodness_of_fit(counts, exact_distribution(lm, ids, sampling)) > 1e-3
+    if context_free:
+        assert medusa.generate(ids, StopCondition(max_new_tokens=100), sampling).stats.accepted > 0

@@ -8,7 +8,7 @@ import torch
 from harness import engine as engines
 from harness.decoding import SamplingParams, StopCondition, make_decoder
 from harness.errors import HarnessError
-from tests.tiny import make_lm, prompt_ids
+from tests.tiny import make_lm, medusa_drafter, prompt_ids
 
 PROMPTS = ["def f(a):\n", "abc", "a", "(((hh)) ega: bad\n"]
 GREEDY = SamplingParams()
@@ -96,6 +96,41 @@ def test_sps_greedy_equals_ar(seed, context_free):
     assert full.stats.accepted == 46 and full.stats.forward_passes == 16  # 15 loops of 3 + bonus, then 1 draft kept
 
 
+@pytest.mark.parametrize("seed,context_free,std", [(0, False, 0.3), (2, True, 0.0)])
+def test_medusa_greedy_equals_ar(tmp_path, seed, context_free, std):
+    """Medusa heads, random (drafts mostly wrong) or zero on a context-free model (every draft right),
+    over the base's hidden states read through the engine."""
+    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
+    drafter = medusa_drafter(lm, tmp_path, std=std)
+    stops = (StopCondition(max_new_tokens=37), StopCondition(60, ("\n\n", "):"), frozenset({1})), StopCondition(1))
+    accepted = 0
+    for k in (1, 3, 5):
+        medusa = make_decoder("medusa", lm, k=k, drafter=drafter)
+        for prompt in PROMPTS:
+            ids = prompt_ids(lm, prompt)
+            for stop in stops:
+                ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
+                gen = medusa.generate(ids, stop, GREEDY)
+                assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason)
+                accepted += gen.stats.accepted
+    assert accepted > 0
+
+
+def test_medusa_refuses_missing_or_unfit_heads(tmp_path):
+    lm = make_lm(seed=0)
+    with pytest.raises(HarnessError, match="needs its trained heads"):
+        make_decoder("medusa", lm, k=2)
+    drafter = medusa_drafter(lm, tmp_path, heads=3)
+    with pytest.raises(HarnessError, match="beyond its 3 heads"):
+        make_decoder("medusa", lm, k=4, drafter=drafter)
+    with pytest.raises(HarnessError, match="no readable drafter"):
+        make_decoder("medusa", lm, k=2, drafter=str(tmp_path / "none"))
+    wide = make_lm(seed=0)
+    wide.model.config.hidden_size = 64
+    with pytest.raises(HarnessError, match="hidden size 32"):
+        make_decoder("medusa", wide, k=2, drafter=drafter)
+
+
 def test_k0_is_plain_ar():
     lm = make_lm(seed=4)
     ar, sd = _both(lm, "abc", 0, StopCondition(max_new_tokens=20))
@@ -169,7 +204,7 @@ def test_hf_assisted_needs_a_draft_model_with_the_same_vocabulary():
     "mode,backend,temperatures",
     [("static", "inductor", (0.0, 0.8)), ("compile", "eager", (0.0, 0.8)), ("compile", "inductor", (0.0,))],
 )
-def test_engines_decode_the_same_tokens(mode, backend, temperatures):
+def test_engines_decode_the_same_tokens(tmp_path, mode, backend, temperatures):
     """A static KV cache and a compiled decode step change nothing: every decoder emits eager mode's
     tokens, and after the engine's warm-up no generation compiles anything (backend 'eager' traces the
     graph as torch.compile does without generating code; 'inductor' also compiles it)."""
@@ -178,15 +213,17 @@ def test_engines_decode_the_same_tokens(mode, backend, temperatures):
     lm = make_lm(seed=1, init_range=0.5)
     ids = prompt_ids(lm, "def f(a):\n")
     stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
-    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2), ("pld", 2), ("lookahead", 2), ("sps", 2)]
+    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2), ("pld", 2), ("lookahead", 2), ("sps", 2), ("medusa", 2)]
     draft = make_lm(seed=9, init_range=0.5)
+    drafter = medusa_drafter(lm, tmp_path, std=0.3)
     runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
-    expected = [make_decoder(n, lm, k=k, draft=draft).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
+    options = {"draft": draft, "drafter": drafter}
+    expected = [make_decoder(n, lm, k=k, **options).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     lm.engine = engines.DecodeEngine(lm.model, mode, backend=backend)
     draft.engine = engines.DecodeEngine(draft.model, mode, backend=backend)
-    decoders = {(n, k): make_decoder(n, lm, k=k, draft=draft) for n, k in cases}
+    decoders = {(n, k): make_decoder(n, lm, k=k, **options) for n, k in cases}
     for d in decoders.values():
-        lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
+        d.lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
     draft.engine.warm_up(decoders["sps", 2].draft_block_sizes())
     compiled = counters["stats"]["unique_graphs"]
     got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]

@@ -73,3 +73,17 @@ def make_lm(
 
 def prompt_ids(lm: LoadedModel, text: str) -> list[int]:
     return [lm.tokenizer.bos_token_id, *lm.tokenizer(text, add_special_tokens=False).input_ids]
+
+
+def medusa_drafter(lm: LoadedModel, directory, heads: int = 5, std: float = 0.0, seed: int = 1):
+    """Medusa heads for ``lm`` saved in ``directory`` (a --drafter): zero blocks (each head repeats the
+    base's next-token prediction, always right on a context-free model) or random ones of ``std``."""
+    from harness.decoding.medusa import MedusaHeads
+
+    torch.manual_seed(seed)
+    medusa = MedusaHeads(lm.model.config.hidden_size, heads)
+    if std:
+        for block in medusa.blocks:
+            torch.nn.init.normal_(block.weight, std=std)
+    medusa.to(lm.dtype).save(directory, lm.name)
+    return str(directory)

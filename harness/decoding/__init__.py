@@ -44,6 +44,7 @@ class Options:
     groups: str | None = None
     window: int = LOOKAHEAD_WINDOW  # lookahead's W and G
     guesses: int = LOOKAHEAD_GUESSES
+    drafter: str | None = None  # a trained drafter's directory (medusa's heads)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,14 @@ def _sps(lm: LoadedModel, o: Options) -> Decoder:
     return DraftModelDecoder(lm, o.draft, o.k)
 
 
+def _medusa(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.medusa import MedusaDecoder, load_heads
+
+    if o.drafter is None:
+        raise HarnessError("decoder 'medusa' needs its trained heads: pass --drafter DIR")
+    return MedusaDecoder(lm, load_heads(o.drafter, lm), o.k, o.tree)
+
+
 def _hf(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.peers import HfGenerateDecoder
 
@@ -149,6 +158,7 @@ REGISTRY: dict[str, DecoderSpec] = {
         DecoderSpec("pld", _pld, "positive"),
         DecoderSpec("lookahead", _lookahead, "positive"),
         DecoderSpec("sps", _sps, "positive", needs_draft_model=True),
+        DecoderSpec("medusa", _medusa, "positive"),
         DecoderSpec("hf", _hf),
         DecoderSpec("hf-pld", _hf_pld),
         DecoderSpec("hf-assisted", _hf_assisted, needs_draft_model=True),
@@ -181,7 +191,7 @@ def configuration(decoder: Decoder, lm: LoadedModel) -> str:
 
 def make_decoder(name: str, lm: LoadedModel, **options) -> Decoder:
     """Build decoder ``name`` on ``lm``; ``options`` are ``Options`` fields (k, accept, tree, draft, groups,
-    window, guesses)."""
+    window, guesses, drafter)."""
     return decoder_spec(name).build(lm, Options(**options))
 
 

@@ -56,6 +56,7 @@ class DecodeEngine:
             raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got '{mode}'")
         self.model = model
         self.mode = mode
+        self.backend = backend
         self._static: KVCache | None = None
         self._step = None
         self._on_device: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # block layouts, copied once
