@@ -20,7 +20,7 @@ from harness.training.sdsat_batches import IGNORE, batch_mask, build_naive_batch
 
 @dataclass
 class TrainConfig:
-    mode: str = "pretrain"  # pretrain | sdsat | naive (inline insertion, the Figure 5 baseline)
+    mode: str = "pretrain"  # pretrain | sdsat | naive (inline insertion, the Figure 5 baseline) | medusa
     seq_len: int = 512
     batch_size: int = 64
     lr: float = 2e-3
@@ -57,6 +57,8 @@ def step_losses(
         logits = model(input_ids=x).logits
         std = cross_entropy(logits[:, :-1], x[:, 1:])
         return {"loss": std, "standard": std}
+    if cfg.mode == "medusa":  # heads on a frozen base (harness.training.medusa), FIM documents left out
+        return model(x, None if fim is None else ~fim)
     if cfg.mode == "naive":
         batch = build_naive_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
         logits = model(input_ids=batch.input_ids).logits

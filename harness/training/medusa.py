@@ -1,0 +1,51 @@
+"""Medusa-1 heads trained on a frozen base (stage ``medusa`` of both recipes), by the shared training
+loop: the base's hidden states go through the heads and the base's own LM head; head j at position t
+learns the base's distribution at position t + j (what it predicts for t + j + 1: self-distillation,
+so the heads learn what verification accepts), or with ``distill`` off the corpus token at t + 1 + j
+(Medusa-1's labels). Head j's loss is weighted 0.8^j, as in the paper."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.decoding.medusa import MedusaHeads
+
+HEAD_DECAY = 0.8
+
+
+class MedusaTrainee(nn.Module):
+    """The frozen base and the heads it trains; ``forward(x, valid)`` returns the losses."""
+
+    def __init__(self, base: nn.Module, heads: int, distill: bool = True):
+        super().__init__()
+        self.base = base.eval().requires_grad_(False)
+        self.heads = MedusaHeads(base.config.hidden_size, heads)
+        self.distill = distill
+        self.config = base.config
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
+        """``x`` (B, T) token ids; ``valid`` (B, T) bool: positions whose predictions count (None: all;
+        a retrofit's FIM-formatted documents hold ids the base lacks: they are clamped and left out)."""
+        x = x.clamp(max=self.base.get_input_embeddings().num_embeddings - 1)
+        with torch.no_grad():
+            hidden = self.base.get_decoder()(input_ids=x).last_hidden_state
+            lm_head = self.base.get_output_embeddings()
+            teacher = lm_head(hidden).float().log_softmax(-1) if self.distill else None
+        losses, total = {}, 0.0
+        for j, state in enumerate(self.heads(hidden), start=1):
+            span = x.shape[1] - j - (0 if self.distill else 1)  # positions whose target is in the window
+            logits = lm_head(state[:, :span]).float()
+            mask = valid[:, : logits.shape[1]] if valid is not None else None
+            if self.distill:  # the base's distribution at t + j
+                target = teacher[:, j : j + logits.shape[1]]
+                per_position = -(target.exp() * logits.log_softmax(-1)).sum(-1)
+            else:  # the corpus token at t + 1 + j
+                per_position = F.cross_entropy(
+                    logits.transpose(1, 2), x[:, 1 + j : 1 + j + logits.shape[1]], reduction="none"
+                )
+            loss = per_position[mask].mean() if mask is not None else per_position.mean()
+            losses[f"head_{j}"] = loss
+            total = total + HEAD_DECAY ** (j - 1) * loss
+        return {"loss": total, **losses}
