@@ -12,8 +12,11 @@ Each loop is one pass over one block (the paper's Figure 5 mask):
 Verification is the same as for the other drafters (the greedy walk, or the exact one when sampling);
 the cache keeps the pending token and the accepted path. Then every column's diagonal plus its new
 prediction is an N-gram for the pool (once the window holds N - 1 iterations), the levels move down
-one, and the new predictions become the top level: as ``lade`` does, the window moves one position a
-loop whatever was accepted. The pool also holds the prompt's N-grams and those of the completion so far.
+one, and the new predictions become the top level: as ``lade`` does by default (``ALWAYS_FWD_ONE``),
+the window moves one position a loop whatever was accepted. The pool also holds the prompt's N-grams
+and those of the completion so far (``lade``'s ``POOL_FROM_PROMPT``, off there by default: on here,
+where code repeats its prompt). Where ``lade`` verifies its G candidates side by side, they are merged
+into one trie here (a shared prefix verified once; the greedy result is the same or longer).
 Unused verification slots are padding that sees only the pending token and itself, so that every pass
 has the same shape for a compiled step. The window starts with prompt tokens drawn by a fixed seed.
 """
@@ -88,7 +91,7 @@ class LookaheadDecoder:
     @property
     def configuration(self) -> str:
         b = self.block
-        return f"{self.lm.engine.description}; lookahead W={b.window} N={b.levels + 1} G={b.guesses}"
+        return f"{self.lm.engine.description}; lookahead W={b.window} N={b.levels + 1} G={b.guesses}, pool from prompt"
 
     def block_sizes(self, greedy: bool) -> tuple[int, ...]:
         return (self.block.size,)
