@@ -54,27 +54,30 @@ TEXT_DRAFTERS = [
 ]
 
 
+STOPS = (StopCondition(max_new_tokens=37), StopCondition(60, ("\n\n", "):"), frozenset({1})), StopCondition(1))
+
+
+def equal_to_ar(lm, decoder, prompts=PROMPTS) -> int:
+    """Asserts that ``decoder`` emits AR's tokens, text and stop reason for every prompt and stop;
+    returns how many drafts it accepted (a test that never accepts one would not see a verification bug)."""
+    accepted = 0
+    for prompt in prompts:
+        ids = prompt_ids(lm, prompt)
+        for stop in STOPS:
+            ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
+            gen = decoder.generate(ids, stop, GREEDY)
+            assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason), (prompt, stop)
+            accepted += gen.stats.accepted
+    return accepted
+
+
 @pytest.mark.parametrize("decoder,options", TEXT_DRAFTERS)
 @pytest.mark.parametrize("seed,context_free", [(0, False), (2, True)])
 def test_text_drafters_greedy_equal_ar(decoder, options, seed, context_free):
     """Prompt lookup and lookahead (drafts from the prompt, the completion and Jacobi iterations, not
     from adaptive tokens) are token-identical to AR for any weights, and do accept drafts."""
     lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
-    stops = (
-        StopCondition(max_new_tokens=37),
-        StopCondition(max_new_tokens=60, stop_strings=("\n\n", "):"), eos_token_ids=frozenset({1})),
-        StopCondition(max_new_tokens=1),
-    )
-    drafter = make_decoder(decoder, lm, **options)
-    accepted = 0
-    for prompt in [*PROMPTS, "ab(ab(ab( hh ab"]:
-        ids = prompt_ids(lm, prompt)
-        for stop in stops:
-            ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
-            gen = drafter.generate(ids, stop, GREEDY)
-            assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason), (prompt, stop)
-            accepted += gen.stats.accepted
-    assert accepted > 0, "no draft was ever accepted: the test would not see a verification bug"
+    assert equal_to_ar(lm, make_decoder(decoder, lm, **options), [*PROMPTS, "ab(ab(ab( hh ab"]) > 0
 
 
 @pytest.mark.parametrize("seed,context_free", [(0, False), (2, True)])
@@ -82,16 +85,9 @@ def test_sps_greedy_equals_ar(seed, context_free):
     """A draft model on its own cache: an unrelated one (drafts mostly wrong) and the target itself
     (every draft right, so the draft cache runs a full k ahead and takes the last draft back in)."""
     lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
-    stops = (StopCondition(max_new_tokens=37), StopCondition(60, ("\n\n", "):"), frozenset({1})), StopCondition(1))
     for draft in (make_lm(seed=9, init_range=0.5), lm):
         for k in (1, 3, 6):
-            sps = make_decoder("sps", lm, k=k, draft=draft)
-            for prompt in PROMPTS:
-                ids = prompt_ids(lm, prompt)
-                for stop in stops:
-                    ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
-                    gen = sps.generate(ids, stop, GREEDY)
-                    assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason)
+            equal_to_ar(lm, make_decoder("sps", lm, k=k, draft=draft))
     full = make_decoder("sps", lm, k=3, draft=lm).generate(prompt_ids(lm, "abc"), StopCondition(61), GREEDY)
     assert full.stats.accepted == 46 and full.stats.forward_passes == 16  # 15 loops of 3 + bonus, then 1 draft kept
 
@@ -102,18 +98,7 @@ def test_medusa_greedy_equals_ar(tmp_path, seed, context_free, std):
     over the base's hidden states read through the engine."""
     lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
     drafter = medusa_drafter(lm, tmp_path, std=std)
-    stops = (StopCondition(max_new_tokens=37), StopCondition(60, ("\n\n", "):"), frozenset({1})), StopCondition(1))
-    accepted = 0
-    for k in (1, 3, 5):
-        medusa = make_decoder("medusa", lm, k=k, drafter=drafter)
-        for prompt in PROMPTS:
-            ids = prompt_ids(lm, prompt)
-            for stop in stops:
-                ar = make_decoder("ar", lm).generate(ids, stop, GREEDY)
-                gen = medusa.generate(ids, stop, GREEDY)
-                assert (gen.tokens, gen.text, gen.stop_reason) == (ar.tokens, ar.text, ar.stop_reason)
-                accepted += gen.stats.accepted
-    assert accepted > 0
+    assert sum(equal_to_ar(lm, make_decoder("medusa", lm, k=k, drafter=drafter)) for k in (1, 3, 5)) > 0
 
 
 def test_medusa_refuses_missing_or_unfit_heads(tmp_path):
