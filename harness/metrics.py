@@ -96,9 +96,19 @@ def _acceptance(g) -> dict:
         "accept_rate_mean": g.accept_rate.dropna().mean() if g.accept_rate.notna().any() else None,
         "accept_rate_pooled": g.accepted.sum() / drafted if drafted else None,
         "mean_accepted_per_loop": g.accepted.sum() / loops if drafted and loops else None,
+        # Spec-Bench's tau: tokens emitted per loop (None where the loop runs inside transformers)
+        "mean_accepted_length": g.new_tokens.sum() / loops if loops else None,
         "tokens_per_forward": g.new_tokens.sum() / g.forward_passes.sum() if g.forward_passes.sum() else None,
         "tokens_per_s": g.new_tokens.sum() / g.decode_s.sum() if g.decode_s.sum() > 0 else None,
+        "peak_memory_mib": _peak_mib(g),
     }
+
+
+def _peak_mib(g) -> float | None:
+    """The group's largest peak of device memory (CUDA records carry one), in MiB."""
+    if "peak_memory_bytes" not in g or not g.peak_memory_bytes.notna().any():
+        return None
+    return float(g.peak_memory_bytes.max()) / 2**20
 
 
 REPEAT_MIN_CHARS = 12  # shorter lines ("return x", "}", "else:") repeat in correct code

@@ -125,7 +125,7 @@ class Workbench:
         used = [pair for d in self.decoders.values() for g in modes for pair in decoder_engines(d, g)]
         longest = max(map(len, self.prompts.values()), default=0)
         # a draft model's cache runs up to a block ahead of the target's, hence the margin
-        needed = longest + self.cfg.max_new_tokens + 2 * max((max(b) for _, b in used), default=1)
+        needed = longest + self.cfg.max_new_tokens + 2 * max((max(b, default=1) for _, b in used), default=1)
         for engine in {id(e): e for e, _ in [(self.lm.engine, ()), *used]}.values():
             engine.reserve(needed)
 

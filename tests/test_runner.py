@@ -45,6 +45,24 @@ def test_run_writes_records_and_summary(capsys, tmp_path, tiny_checkpoint):
     assert (out / "summary.csv").exists() and (out / "summary.md").exists()
 
 
+def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint):
+    """Each decoder of the registry beside the others in one run (their engines reserved and warmed
+    up together: transformers' peers run no block of ours, sps brings a draft model, medusa heads read
+    hidden states), every greedy record identical to AR's."""
+    from harness.models import load_model
+    from tests.tiny import medusa_drafter
+
+    drafter = medusa_drafter(load_model(str(tiny_checkpoint)), tmp_path / "heads", heads=2)
+    decoders = "ar,sdsat,sdsat-fused,pld,lookahead,sps,medusa,hf,hf-pld,hf-assisted"
+    args = ["--tasks", "humaneval", "--decoders", decoders, "--k", "2", "--limit", "2", "--max-new-tokens", "6"]
+    extra = ["--draft-model", str(tiny_checkpoint), "--drafter", drafter, "--window", "3", "--guesses", "2"]
+    out = tmp_path / "run"
+    assert main(["run", "--model", str(tiny_checkpoint), *args, *extra, "--out", str(out)]) == 0
+    records = _records(out)
+    assert {r["decoder"] for r in records} == set(decoders.split(","))
+    assert all(r["identical_to_ar"] for r in records if r["decoder"] != "ar")
+
+
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
     cmd = [
