@@ -88,7 +88,7 @@ def _integer_k(ax, ar_drawn: bool) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("k (adaptive tokens per loop" + ("; 0 = AR)" if ar_drawn else ")"))
+    ax.set_xlabel("k (draft length per loop" + ("; 0 = AR)" if ar_drawn else ")"))
     ax.grid(alpha=0.3)
 
 
