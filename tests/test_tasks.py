@@ -93,7 +93,12 @@ def test_wheel_ships_the_task_configs(tmp_path):
         "paper-greedy.yaml",
         "paper-nucleus.yaml",
         "paper-accuracy.yaml",
+        "peers.yaml",
     }
+    # every subpackage and the training launch configs (harness.engine was once left out of the list)
+    for package in ("harness/engine/", "harness/decoding/", "harness/execution/", "harness/training/"):
+        assert any(n.startswith(package) and n.endswith("__init__.py") for n in names), package
+    assert "harness/training/accelerate/ddp.yaml" in names and "harness/training/accelerate/fsdp.yaml" in names
 
 
 def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
