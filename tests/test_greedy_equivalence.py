@@ -49,7 +49,6 @@ TEXT_DRAFTERS = [
     ("pld", {"k": 1}),
     ("pld", {"k": 5}),
     ("lookahead", {"k": 1, "window": 3, "guesses": 2}),
-    ("lookahead", {"k": 4}),  # lade's W = G = 7
     ("lookahead", {"k": 3, "window": 2, "guesses": 5}),
 ]
 
@@ -198,7 +197,9 @@ def test_engines_decode_the_same_tokens(tmp_path, mode, backend, temperatures):
     lm = make_lm(seed=1, init_range=0.5)
     ids = prompt_ids(lm, "def f(a):\n")
     stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
-    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2), ("pld", 2), ("lookahead", 2), ("sps", 2), ("medusa", 2)]
+    cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2)]
+    if (mode, backend) != ("compile", "inductor"):  # inductor's code generation for ours only (CI's time)
+        cases += [("pld", 2), ("lookahead", 2), ("sps", 2), ("medusa", 2)]
     draft = make_lm(seed=9, init_range=0.5)
     drafter = medusa_drafter(lm, tmp_path, std=0.3)
     runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
@@ -209,7 +210,8 @@ def test_engines_decode_the_same_tokens(tmp_path, mode, backend, temperatures):
     decoders = {(n, k): make_decoder(n, lm, k=k, **options) for n, k in cases}
     for d in decoders.values():
         d.lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
-    draft.engine.warm_up(decoders["sps", 2].draft_block_sizes())
+    if ("sps", 2) in decoders:
+        draft.engine.warm_up(decoders["sps", 2].draft_block_sizes())
     compiled = counters["stats"]["unique_graphs"]
     got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     assert got == expected
