@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 
 from harness.decoding.base import Generation, SamplingParams, StopCondition
-from harness.decoding.sdsat import walk_tree
+from harness.decoding.sdsat import verify_drafted_chain
 from harness.decoding.session import DecodeSession
 from harness.decoding.trees import DraftTree
 from harness.errors import HarnessError
@@ -59,17 +59,10 @@ class DraftModelDecoder:
             while not s.done:
                 prefix_d = d.cache_length
                 drafts = self._propose(d, [*behind, s.pending])
-                prefix = s.cache_length
-                logits = s.forward([s.pending, *drafts])
-                path, bonus = walk_tree(s, self.chain, [s.pending, *drafts], logits, "exact")
-                accepted = len(path)
-                s.crop(prefix + 1 + accepted)
-                kept = s.emit([*drafts[:accepted], bonus])
-                s.record(drafted=self.k, accepted=min(accepted, kept), emitted=kept, forwards=1)
+                accepted = verify_drafted_chain(s, self.chain, drafts, [])
                 # the draft cache holds behind, pending and drafts[:k-1]: keep what was accepted
                 d.crop(min(prefix_d + len(behind) + 1 + accepted, d.cache_length))
                 behind = drafts[self.k - 1 :] if accepted == self.k else []
-                s.pending = bonus
         return s.result(t)  # forward passes: the target's only, as hf-assisted counts them
 
     def _propose(self, d: DecodeSession, feed: list[int]) -> list[int]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from harness.decoding.autoregressive import autoregressive_step
 from harness.decoding.base import Generation, SamplingParams, StopCondition
 from harness.decoding.ngrams import NgramIndex
-from harness.decoding.sdsat import walk_tree
+from harness.decoding.sdsat import verify_drafted_chain
 from harness.decoding.session import DecodeSession
 from harness.decoding.trees import DraftTree
 from harness.errors import HarnessError
@@ -53,20 +53,9 @@ class PromptLookupDecoder:
             while not s.done:
                 drafts, before = index.lookup(self.k), len(s.sink.tokens)
                 if drafts:
-                    self._verify(s, drafts)
+                    padding = [drafts[-1]] * (self.k - len(drafts)) if self.pad else []
+                    verify_drafted_chain(s, self.chains[len(drafts)], drafts, padding)
                 else:
                     autoregressive_step(s)
                 index.extend(s.sink.tokens[before:])
         return s.result(t)
-
-    def _verify(self, s: DecodeSession, drafts: list[int]) -> None:
-        chain = self.chains[len(drafts)]
-        tokens = [s.pending, *drafts]
-        padding = [drafts[-1]] * (self.k - len(drafts)) if self.pad else []
-        prefix = s.cache_length
-        logits = s.forward(tokens + padding)
-        path, bonus = walk_tree(s, chain, tokens, logits[: len(tokens)], "exact")
-        s.crop(prefix + 1 + len(path))  # pending and the accepted drafts (a chain's path is its prefix)
-        kept = s.emit([*drafts[: len(path)], bonus])
-        s.pending = bonus
-        s.record(drafted=len(drafts), accepted=min(len(path), kept), emitted=kept, forwards=1)

@@ -52,6 +52,21 @@ def verify_chain(s: DecodeSession, t1: int, draft_logits: torch.Tensor) -> tuple
     return drafts[:m], predictions[m]
 
 
+def verify_drafted_chain(s: DecodeSession, chain: DraftTree, drafts: list[int], padding: list[int]) -> int:
+    """One pass over ``[pending, drafts, padding]`` (padding after the chain, which causal attention keeps
+    from touching it): the greedy or exact walk of a chain of deterministic drafts, the cache cropped to
+    pending and the accepted drafts, tokens emitted and the loop recorded. Returns the accepted count."""
+    tokens = [s.pending, *drafts]
+    prefix = s.cache_length
+    logits = s.forward(tokens + padding)
+    path, bonus = walk_tree(s, chain, tokens, logits[: len(tokens)], "exact")
+    s.crop(prefix + 1 + len(path))  # a chain's path is its prefix
+    kept = s.emit([*drafts[: len(path)], bonus])
+    s.pending = bonus
+    s.record(drafted=len(drafts), accepted=min(len(path), kept), emitted=kept, forwards=1)
+    return len(path)
+
+
 def tree_tokens(tree: DraftTree, root: int, draft_logits: torch.Tensor | None) -> list[int]:
     """The root token, then every node's candidate: the rank-r token of its depth's draft logits."""
     if tree.size == 0:
