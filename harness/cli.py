@@ -167,6 +167,9 @@ _TRAIN_HELP = {
     "repeated_adaptive": "one adaptive id for every offset",
     "draft_minutes": "stage 'draft': pretraining of the draft model",
     "compare_minutes": "stage 'compare': minutes per variant",
+    "medusa_heads": "stage 'medusa' (named in --stages): Medusa-1 heads on the frozen base",
+    "medusa_lr": "stage 'medusa': peak learning rate of the heads",
+    "eagle_lr": "stage 'eagle' (named in --stages): peak learning rate of the EAGLE layer on the frozen base",
 }
 _FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str, "float | None": float}
 

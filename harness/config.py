@@ -101,7 +101,11 @@ class GenerationSettings:
     )
     guesses: int = setting(LOOKAHEAD_GUESSES, "lookahead's guess set G: n-gram candidates verified a loop", suite=True)
     drafter: str | None = setting(
-        None, "the medusa decoder's trained heads (a directory)", parse=lambda v: v, suite=True
+        None,
+        "a trained drafter: medusa's heads or eagle's layer (its directory), or a training work directory "
+        "holding one per decoder (W/medusa, W/eagle)",
+        parse=lambda v: v,
+        suite=True,
     )
 
 
@@ -162,7 +166,7 @@ class DecodeConfig(GenerationSettings, ModelSpec):
     """One `decode`: a prompt through one decoder."""
 
     decoder: str = setting(
-        "sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | sps | medusa | hf | hf-pld | hf-assisted"
+        "sdsat", "ar | sdsat | sdsat-fused | pld | lookahead | sps | medusa | eagle | hf | hf-pld | hf-assisted"
     )
     k: int = setting(
         5, "draft length: adaptive tokens per loop (sdsat; 0 = plain AR), pld's longest draft, lookahead's N - 1"

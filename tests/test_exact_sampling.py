@@ -11,7 +11,7 @@ from scipy.stats import chisquare
 
 from harness.decoding import SamplingParams, StopCondition, make_decoder
 from harness.decoding.sampling import target_probs
-from tests.tiny import make_lm, medusa_drafter, prompt_ids
+from tests.tiny import eagle_drafter, make_lm, medusa_drafter, prompt_ids
 
 N_TOKENS = 3
 
@@ -127,13 +127,15 @@ def test_text_drafters_sample_exactly(decoder, options, seed, context_free, samp
     assert stats.drafted > 0 and stats.accepted > 0
 
 
-@pytest.mark.parametrize("seed,context_free,std,sampling", [(3, True, 0.0, CASES[1][2])])
-def test_medusa_samples_exactly(tmp_path, seed, context_free, std, sampling):
-    """Medusa's tree of the heads' top-ranked tokens, walked by the exact rule: the first tokens follow
-    the enumerated distribution; zero heads on a context-free model draft the top token, often accepted."""
-    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
+@pytest.mark.parametrize("decoder,make_drafter", [("medusa", medusa_drafter), ("eagle", eagle_drafter)])
+def test_feature_drafters_sample_exactly(tmp_path, decoder, make_drafter):
+    """Medusa's and EAGLE's trees of top-ranked drafts, walked by the exact rule: the first tokens follow
+    the enumerated distribution; zero heads, or a pass-through layer, on a context-free model draft the
+    top token, often accepted."""
+    lm = make_lm(seed=3, context_free=True, init_range=0.5)
+    sampling = CASES[1][2]
     ids = prompt_ids(lm, "ab(")
-    medusa = make_decoder("medusa", lm, k=3, drafter=medusa_drafter(lm, tmp_path, std=std))
-    counts = sample_counts(medusa, ids, sampling, 2000)
+    drafter = make_decoder(decoder, lm, k=3, drafter=make_drafter(lm, tmp_path))
+    counts = sample_counts(drafter, ids, sampling, 2000)
     assert goodness_of_fit(counts, exact_distribution(lm, ids, sampling)) > 1e-3
-    assert medusa.generate(ids, StopCondition(max_new_tokens=100), sampling).stats.accepted > 0
+    assert drafter.generate(ids, StopCondition(max_new_tokens=100), sampling).stats.accepted > 0

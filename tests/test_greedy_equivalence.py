@@ -8,7 +8,8 @@ import torch
 from harness import engine as engines
 from harness.decoding import SamplingParams, StopCondition, make_decoder
 from harness.errors import HarnessError
-from tests.tiny import make_lm, medusa_drafter, prompt_ids
+from harness.workbench import decoder_engines
+from tests.tiny import eagle_drafter, make_lm, medusa_drafter, prompt_ids
 
 PROMPTS = ["def f(a):\n", "abc", "a", "(((hh)) ega: bad\n"]
 GREEDY = SamplingParams()
@@ -115,6 +116,25 @@ def test_medusa_refuses_missing_or_unfit_heads(tmp_path):
         make_decoder("medusa", wide, k=2, drafter=drafter)
 
 
+@pytest.mark.parametrize("seed,context_free,std", [(0, False, 0.3), (2, True, 0.0)])
+def test_eagle_greedy_equals_ar(tmp_path, seed, context_free, std):
+    """An EAGLE layer, random (drafts mostly wrong) or passing the feature through on a context-free
+    model (every draft right), reading the base's features through the engine with a cache of its own."""
+    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
+    drafter = eagle_drafter(lm, tmp_path, std=std)
+    assert sum(equal_to_ar(lm, make_decoder("eagle", lm, k=k, drafter=drafter)) for k in (1, 3, 5)) > 0
+
+
+def test_eagle_refuses_missing_or_unfit_drafters(tmp_path):
+    lm = make_lm(seed=0)
+    with pytest.raises(HarnessError, match="needs its trained layer"):
+        make_decoder("eagle", lm, k=2)
+    with pytest.raises(HarnessError, match="not a 'eagle' one"):
+        make_decoder("eagle", lm, k=2, drafter=medusa_drafter(lm, tmp_path / "m"))
+    with pytest.raises(HarnessError, match="not a 'medusa' one"):
+        make_decoder("medusa", lm, k=2, drafter=eagle_drafter(lm, tmp_path / "e"))
+
+
 def test_k0_is_plain_ar():
     lm = make_lm(seed=4)
     ar, sd = _both(lm, "abc", 0, StopCondition(max_new_tokens=20))
@@ -199,19 +219,23 @@ def test_engines_decode_the_same_tokens(tmp_path, mode, backend, temperatures):
     stops = (StopCondition(max_new_tokens=30), StopCondition(max_new_tokens=40, stop_strings=("):",)))
     cases = [("ar", 0), ("sdsat", 2), ("sdsat-fused", 2)]
     if (mode, backend) != ("compile", "inductor"):  # inductor's code generation for ours only (CI's time)
-        cases += [("pld", 2), ("lookahead", 2), ("sps", 2), ("medusa", 2)]
+        cases += [("pld", 2), ("lookahead", 2), ("sps", 2), ("medusa", 2), ("eagle", 2)]
     draft = make_lm(seed=9, init_range=0.5)
-    drafter = medusa_drafter(lm, tmp_path, std=0.3)
+    drafters = {"medusa": medusa_drafter(lm, tmp_path / "m", std=0.3)}
+    drafters["eagle"] = eagle_drafter(lm, tmp_path / "e", std=0.3)
     runs = [(name, k, stop, SamplingParams(t, seed=3)) for name, k in cases for stop in stops for t in temperatures]
-    options = {"draft": draft, "drafter": drafter}
-    expected = [make_decoder(n, lm, k=k, **options).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
+
+    def build(name: str, k: int):
+        return make_decoder(name, lm, k=k, draft=draft, drafter=drafters.get(name))
+
+    expected = [build(n, k).generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     lm.engine = engines.DecodeEngine(lm.model, mode, backend=backend)
     draft.engine = engines.DecodeEngine(draft.model, mode, backend=backend)
-    decoders = {(n, k): make_decoder(n, lm, k=k, **options) for n, k in cases}
+    decoders = {(n, k): build(n, k) for n, k in cases}
     for d in decoders.values():
-        d.lm.engine.warm_up([b for t in temperatures for b in d.block_sizes(t == 0)])
-    if ("sps", 2) in decoders:
-        draft.engine.warm_up(decoders["sps", 2].draft_block_sizes())
+        for t in temperatures:
+            for engine, blocks in decoder_engines(d, t == 0):
+                engine.warm_up(blocks)
     compiled = counters["stats"]["unique_graphs"]
     got = [decoders[(n, k)].generate(ids, stop, sp).tokens for n, k, stop, sp in runs]
     assert got == expected

@@ -292,22 +292,25 @@ def test_grown_rows_start_at_the_mean_and_leave_the_base_rows(bases):
 
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])  # rotary positions; learned ones
-def test_medusa_heads_train_on_the_frozen_base_and_decode_exactly(architecture, bases, tmp_path, capsys):
-    """Stage medusa: heads trained on the unchanged base from the retrofit's tokens (FIM documents hold
-    ids the base lacks: left out), saved as a --drafter that the medusa decoder runs token-identical to ar."""
+def test_drafters_train_on_the_frozen_base_and_decode_exactly(architecture, bases, tmp_path, capsys):
+    """Stages medusa and eagle: heads and a layer trained on the unchanged base from the retrofit's
+    tokens (FIM documents hold ids the base lacks: left out), saved in one work directory that, as a
+    --drafter, the medusa and eagle decoders run token-identical to ar."""
     base = bases[architecture]
-    stages = "corpus,tokenizer,tokens,medusa"
+    stages = "corpus,tokenizer,tokens,medusa,eagle"
     assert _train(capsys, base, tmp_path / "w", "--stages", stages, "--medusa-heads", "3") == 0
-    drafter = tmp_path / "w" / "medusa"
-    assert json.loads((drafter / "drafter.json").read_text())["heads"] == 3
-    assert any(t.abs().sum() > 0 for t in load_file(drafter / "drafter.safetensors").values())  # trained
-    summary = json.loads((tmp_path / "w" / "medusa_summary.json").read_text())
-    assert summary["steps"] == 3 and summary["parameters_added"] > 0
+    assert json.loads((tmp_path / "w" / "medusa" / "drafter.json").read_text())["heads"] == 3
+    for kind in ("medusa", "eagle"):
+        weights = load_file(tmp_path / "w" / kind / "drafter.safetensors").values()
+        assert any(t.abs().sum() > 0 for t in weights)  # trained
+        summary = json.loads((tmp_path / "w" / f"{kind}_summary.json").read_text())
+        assert summary["steps"] == 3 and summary["parameters_added"] > 0 and summary["kind"] == kind
     assert not (tmp_path / "w" / "sdsat").exists()
     lm = load_model(str(base))
     ids = encode(lm.tokenizer, "def add(a, b):")
     stop = StopCondition(16, (), lm.eos_token_ids)
     ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams()).tokens
-    for k in (1, 3):
-        medusa = make_decoder("medusa", lm, k=k, drafter=str(drafter))
-        assert medusa.generate(ids, stop, SamplingParams()).tokens == ar
+    for kind in ("medusa", "eagle"):
+        for k in (1, 3):
+            drafter = make_decoder(kind, lm, k=k, drafter=str(tmp_path / "w"))
+            assert drafter.generate(ids, stop, SamplingParams()).tokens == ar

@@ -47,13 +47,16 @@ def test_run_writes_records_and_summary(capsys, tmp_path, tiny_checkpoint):
 
 def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint):
     """Each decoder of the registry beside the others in one run (their engines reserved and warmed
-    up together: transformers' peers run no block of ours, sps brings a draft model, medusa heads read
-    hidden states), every greedy record identical to AR's."""
+    up together: transformers' peers run no block of ours, sps brings a draft model, medusa heads and
+    an eagle layer read hidden states, from one --drafter directory), every greedy record identical to AR's."""
     from harness.models import load_model
-    from tests.tiny import medusa_drafter
+    from tests.tiny import eagle_drafter, medusa_drafter
 
-    drafter = medusa_drafter(load_model(str(tiny_checkpoint)), tmp_path / "heads", heads=2)
-    decoders = "ar,sdsat,sdsat-fused,pld,lookahead,sps,medusa,hf,hf-pld,hf-assisted"
+    lm = load_model(str(tiny_checkpoint))
+    drafter = str(tmp_path / "drafters")
+    medusa_drafter(lm, tmp_path / "drafters" / "medusa", heads=2)
+    eagle_drafter(lm, tmp_path / "drafters" / "eagle", std=0.1)
+    decoders = "ar,sdsat,sdsat-fused,pld,lookahead,sps,medusa,eagle,hf,hf-pld,hf-assisted"
     args = ["--tasks", "humaneval", "--decoders", decoders, "--k", "2", "--limit", "2", "--max-new-tokens", "6"]
     extra = ["--draft-model", str(tiny_checkpoint), "--drafter", drafter, "--window", "3", "--guesses", "2"]
     out = tmp_path / "run"

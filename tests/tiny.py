@@ -87,3 +87,28 @@ def medusa_drafter(lm: LoadedModel, directory, heads: int = 5, std: float = 0.0,
             torch.nn.init.normal_(block.weight, std=std)
     medusa.to(lm.dtype).save(directory, lm.name)
     return str(directory)
+
+
+def eagle_drafter(lm: LoadedModel, directory, std: float = 0.0, seed: int = 1):
+    """An EAGLE layer for ``lm`` saved in ``directory`` (a --drafter): random of ``std``, or with std 0
+    one that passes the feature through (fc = [I, 0], the layer's output projections zero), so it
+    drafts the base's next-token prediction again: always right on a context-free model."""
+    from harness.decoding.eagle import EagleLayer, layer_config
+
+    torch.manual_seed(seed)
+    layer = EagleLayer(layer_config(lm.model.config))
+    if std:
+        for p in layer.parameters():
+            if p.ndim == 2:
+                torch.nn.init.normal_(p, std=std)
+    else:
+        with torch.no_grad():
+            hidden = layer.config.hidden_size
+            layer.fc.weight.zero_()
+            layer.fc.bias.zero_()
+            layer.fc.weight[:, :hidden] = torch.eye(hidden)
+            block = layer.body.layers[0]
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    layer.to(lm.dtype).save(directory, lm.name)
+    return str(directory)

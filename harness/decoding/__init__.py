@@ -44,7 +44,7 @@ class Options:
     groups: str | None = None
     window: int = LOOKAHEAD_WINDOW  # lookahead's W and G
     guesses: int = LOOKAHEAD_GUESSES
-    drafter: str | None = None  # a trained drafter's directory (medusa's heads)
+    drafter: str | None = None  # a trained drafter's directory (medusa's heads, eagle's layer)
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,14 @@ def _medusa(lm: LoadedModel, o: Options) -> Decoder:
     return MedusaDecoder(lm, load_heads(o.drafter, lm), o.k, o.tree)
 
 
+def _eagle(lm: LoadedModel, o: Options) -> Decoder:
+    from harness.decoding.eagle import EagleDecoder, load_layer
+
+    if o.drafter is None:
+        raise HarnessError("decoder 'eagle' needs its trained layer: pass --drafter DIR")
+    return EagleDecoder(lm, load_layer(o.drafter, lm), o.k, o.tree)
+
+
 def _hf(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.peers import HfGenerateDecoder
 
@@ -159,6 +167,7 @@ REGISTRY: dict[str, DecoderSpec] = {
         DecoderSpec("lookahead", _lookahead, "positive"),
         DecoderSpec("sps", _sps, "positive", needs_draft_model=True),
         DecoderSpec("medusa", _medusa, "positive"),
+        DecoderSpec("eagle", _eagle, "positive"),
         DecoderSpec("hf", _hf),
         DecoderSpec("hf-pld", _hf_pld),
         DecoderSpec("hf-assisted", _hf_assisted, needs_draft_model=True),

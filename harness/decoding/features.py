@@ -1,18 +1,34 @@
-"""The base model's last hidden states beside its logits, for drafters that read them (Medusa heads,
-an EAGLE layer). One wrapper module returns ``[logits, hidden]`` concatenated on the last axis as its
-``logits``, so that our engine (static cache, compiled step, CUDA graphs) runs it unchanged and every
-pass of such a decoder costs what an ``ar`` pass costs plus the copy of one hidden row."""
+"""The base model's last hidden states beside its logits, and the loop of the decoders that draft from
+them (Medusa heads, an EAGLE layer). One wrapper module returns ``[logits, hidden]`` concatenated on
+the last axis as its ``logits``, so that our engine (static cache, compiled step, CUDA graphs) runs it
+unchanged and every pass of such a decoder costs what an ``ar`` pass costs plus the copy of its hidden
+rows.
+
+The loop (:func:`feature_drafting_loop`) is one pass a loop, as ``sdsat-fused``'s: ``[pending,
+candidates]`` under a tree mask, the candidates being the top-ranked tokens of the drafter's (depth,
+vocab) logits (a chain of top-1 tokens for greedy decoding, a tree shape for sampling); verification
+as the other drafters' (greedy walk, or the exact walk when sampling: the candidates are
+deterministic given the text, so the output is distributed as ``ar``'s). The drafter then reads the
+hidden states of the accepted path (pending and the accepted nodes) with the token that followed each,
+and drafts the tokens after the bonus token. The first loop, with nothing drafted yet, feeds the
+pending token alone."""
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import replace
+from typing import Protocol
 
 import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from harness import engine as engines
+from harness.decoding.base import Generation
+from harness.decoding.fused import ROOT_ONLY
+from harness.decoding.sdsat import tree_tokens, walk_tree
+from harness.decoding.session import DecodeSession
+from harness.decoding.trees import DraftTree
 from harness.models import LoadedModel
 
 
@@ -60,4 +76,43 @@ def with_hidden(lm: LoadedModel) -> LoadedModel:
 
 
 def vocabulary(lm: LoadedModel) -> int:
-    return lm.model.get_output_embeddings().weight.shape[0]
+    """The width of the logits (``with_hidden``'s outputs hold the hidden states after them)."""
+    model = lm.model.model if isinstance(lm.model, WithHidden) else lm.model
+    return model.get_output_embeddings().weight.shape[0]
+
+
+class FeatureDrafter(Protocol):
+    # Prompt positions whose hidden states the drafter reads: 1 (the last) or 0 (all).
+    prompt_positions: int
+
+    def begin(self, prompt_hidden: torch.Tensor | None, prompt_ids: list[int]) -> None:
+        """A new generation: the prompt's hidden states (all but its last token's) and its ids."""
+
+    def propose(self, hidden: torch.Tensor, next_tokens: list[int], depth: int) -> torch.Tensor:
+        """(depth, vocab) logits of the ``depth`` tokens after the last of ``next_tokens``, from the
+        accepted path's hidden states (m, hidden) and the token that followed each."""
+
+
+def feature_drafting_loop(s: DecodeSession, tree: DraftTree, drafter: FeatureDrafter) -> Generation:
+    """Decode ``s`` to its end with drafts from ``drafter`` (see the module's docstring)."""
+    vocab = vocabulary(s.lm)
+    prompt = s.prefill(keep=drafter.prompt_positions)
+    draft_logits: torch.Tensor | None = None
+    with s.decoding() as t:
+        # the drafter's reading of the prompt is part of what it costs: timed as decoding, as sps's is
+        drafter.begin(None if prompt is None else prompt[:, vocab:], s.prompt_ids)
+        while not s.done:
+            block = tree if draft_logits is not None else ROOT_ONLY
+            tokens = tree_tokens(block, s.pending, draft_logits)
+            prefix = s.cache_length
+            out = s.forward(tokens, prefix + block.node_depth, block.ancestor_mask)
+            path, bonus = walk_tree(s, block, tokens, out[:, :vocab], "exact")
+            s.keep(prefix, [0, *path])
+            kept = s.emit([tokens[n] for n in path] + [bonus])
+            s.pending = bonus
+            s.record(drafted=block.depth, accepted=min(len(path), kept), emitted=kept, forwards=1)
+            if not s.done:
+                accepted = [0, *path]
+                next_tokens = [tokens[n] for n in path] + [bonus]
+                draft_logits = drafter.propose(out[accepted, vocab:], next_tokens, tree.depth)
+    return s.result(t)

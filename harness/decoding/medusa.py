@@ -7,12 +7,10 @@ frozen LM head keeps a head to hidden² + hidden parameters, which matters at a 
 is recorded as this implementation's choice.) Zero-initialised blocks start as the base's next-token
 prediction.
 
-Each loop is one pass, as ``sdsat-fused``'s: ``[pending, candidates]`` under a tree mask, the candidates
-being the top-ranked tokens of the heads at the previous loop's accepted position (a chain of top-1
-tokens for greedy decoding, the SDSAT/Medusa tree shapes for sampling); verification as the other
-drafters' (greedy walk, or the exact walk when sampling). The heads then read the hidden state at the
-accepted path's end, which predicts past the bonus token. The first loop, with no heads read yet,
-feeds the pending token alone.
+Each loop is one pass of the loop shared with ``eagle`` (``features.feature_drafting_loop``): the
+candidates are the top-ranked tokens of the heads read at the previous loop's accepted path's end,
+whose hidden state predicts past the bonus token (a chain of top-1 tokens for greedy decoding, the
+SDSAT/Medusa tree shapes for sampling).
 """
 
 from __future__ import annotations
@@ -26,9 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.decoding.base import Generation, SamplingParams, StopCondition
-from harness.decoding.features import vocabulary, with_hidden
-from harness.decoding.fused import ROOT_ONLY
-from harness.decoding.sdsat import tree_tokens, walk_tree
+from harness.decoding.features import feature_drafting_loop, with_hidden
 from harness.decoding.session import DecodeSession
 from harness.decoding.trees import DraftTree
 from harness.errors import HarnessError
@@ -63,38 +59,52 @@ class MedusaHeads(nn.Module):
         )
 
 
-def load_heads(directory: str | Path, lm: LoadedModel) -> MedusaHeads:
-    """Medusa heads saved by :meth:`MedusaHeads.save`, checked against ``lm``'s hidden size."""
+def drafter_config(directory: str | Path, kind: str, lm: LoadedModel) -> tuple[Path, dict]:
+    """A trained drafter's directory and ``drafter.json``, checked to be of ``kind`` and of ``lm``'s
+    hidden size. ``directory`` is the drafter's own, or a training work directory that holds one per
+    decoder (``W/medusa``, ``W/eagle``), so that one ``--drafter`` serves a run of both."""
     directory = Path(directory)
+    if not (directory / CONFIG).exists() and (directory / kind / CONFIG).exists():
+        directory = directory / kind
     try:
         config = json.loads((directory / CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise HarnessError(f"drafter {directory}: no readable {CONFIG} ({type(exc).__name__})") from None
-    if config.get("kind") != "medusa":
-        raise HarnessError(f"drafter {directory}: a '{config.get('kind')}' drafter, not Medusa heads")
+    if config.get("kind") != kind:
+        raise HarnessError(f"drafter {directory}: a '{config.get('kind')}' drafter, not a '{kind}' one")
     hidden = lm.model.config.hidden_size
     if config["hidden"] != hidden:
         raise HarnessError(
-            f"drafter {directory}: heads of hidden size {config['hidden']}, model '{lm.name}' has {hidden}"
+            f"drafter {directory}: a drafter of hidden size {config['hidden']}, model '{lm.name}' has {hidden}"
         )
-    heads = MedusaHeads(hidden, config["heads"])
+    return directory, config
+
+
+def drafting_trees(tree: str | None, k: int) -> dict[bool, DraftTree]:
+    """The candidates' shape, greedy (a chain of k) or sampling (``--tree``, default SDSAT's)."""
+    try:
+        return {True: DraftTree.parse("chain", k), False: DraftTree.parse(tree, k)}
+    except ValueError as exc:
+        raise HarnessError(f"draft tree: {exc}") from None
+
+
+def load_heads(directory: str | Path, lm: LoadedModel) -> MedusaHeads:
+    """Medusa heads saved by :meth:`MedusaHeads.save`, checked against ``lm``'s hidden size."""
+    directory, config = drafter_config(directory, "medusa", lm)
+    heads = MedusaHeads(config["hidden"], config["heads"])
     heads.load_state_dict(load_file(directory / WEIGHTS))
     return heads.to(lm.device, lm.dtype).eval()
 
 
 class MedusaDecoder:
     name = "medusa"
+    prompt_positions = 1  # the heads read the accepted path's last hidden state alone
 
     def __init__(self, lm: LoadedModel, heads: MedusaHeads, k: int, tree: str | None = None):
         if not 1 <= k <= heads.count:
             raise HarnessError(f"medusa: k={k} is beyond its {heads.count} heads (1 <= k <= {heads.count})")
-        try:
-            sampling_tree = DraftTree.parse(tree, k)
-        except ValueError as exc:
-            raise HarnessError(f"draft tree: {exc}") from None
         self.lm, self.heads, self.k = with_hidden(lm), heads, k
-        self.vocab = vocabulary(lm)
-        self.trees = {True: DraftTree.parse("chain", k), False: sampling_tree}
+        self.trees = drafting_trees(tree, k)
 
     @property
     def configuration(self) -> str:
@@ -106,24 +116,12 @@ class MedusaDecoder:
     def generate(self, prompt_ids: Sequence[int], stop: StopCondition, sampling: SamplingParams) -> Generation:
         tree = self.trees[sampling.greedy]
         s = DecodeSession(self.lm, prompt_ids, stop, sampling, max_block=tree.size + 1)
-        s.prefill()
-        draft_logits: torch.Tensor | None = None
-        with s.decoding() as t:
-            while not s.done:
-                block = tree if draft_logits is not None else ROOT_ONLY
-                tokens = tree_tokens(block, s.pending, draft_logits)
-                prefix = s.cache_length
-                out = s.forward(tokens, prefix + block.node_depth, block.ancestor_mask)
-                logits, hidden = out[:, : self.vocab], out[:, self.vocab :]
-                path, bonus = walk_tree(s, block, tokens, logits, "exact")
-                s.keep(prefix, [0, *path])
-                kept = s.emit([tokens[n] for n in path] + [bonus])
-                s.pending = bonus
-                s.record(drafted=block.depth, accepted=min(len(path), kept), emitted=kept, forwards=1)
-                draft_logits = self._draft(hidden[path[-1] if path else 0])
-        return s.result(t)
+        return feature_drafting_loop(s, tree, self)
 
-    def _draft(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(k, vocab) logits of the tokens 1..k after the bonus token, from the heads."""
+    def begin(self, prompt_hidden: torch.Tensor | None, prompt_ids: list[int]) -> None:
+        pass
+
+    def propose(self, hidden: torch.Tensor, next_tokens: list[int], depth: int) -> torch.Tensor:
+        """(depth, vocab) logits of the tokens 1..depth after the bonus token, from the heads."""
         with torch.no_grad():
-            return self.lm.model.model.get_output_embeddings()(self.heads(hidden)[: self.k])
+            return self.lm.model.model.get_output_embeddings()(self.heads(hidden[-1])[:depth])

@@ -64,13 +64,17 @@ class DecodeSession:
         """Keep the cache's first ``prefix`` positions and ``prefix + tail_offsets`` after them."""
         self.cache.keep(prefix, tail_offsets)
 
-    def prefill(self) -> None:
+    def prefill(self, keep: int = 1) -> torch.Tensor | None:
+        """The prompt but its last token into the cache; the outputs of its last ``keep`` positions
+        (0: all, for a drafter that reads the prompt's hidden states), None for a one-token prompt."""
         reset_peak_memory(self.lm.device)
+        out = None
         with Timer(self.lm.device) as t:
             if len(self.prompt_ids) > 1:
-                self._forward(self.prompt_ids[:-1], logits_to_keep=1, prefill=True)
+                out = self._forward(self.prompt_ids[:-1], logits_to_keep=keep, prefill=True)
                 self.stats.prefill_passes += 1
         self.stats.prefill_s = t.seconds
+        return out
 
     def prefill_with_group(self, adaptive_ids: Sequence[int]) -> torch.Tensor:
         """Prefill the whole prompt with a group of adaptive tokens appended (anchored at the prompt's

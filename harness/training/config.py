@@ -53,10 +53,12 @@ class RecipeConfig:
     eval_max_new_tokens: int = 128
     compare_minutes: float = 1.2
     distill: bool = True  # measured: +0.014 greedy accept rate at k=5 over label targets (H200, equal time)
-    # The medusa stage: Medusa-1 heads on the frozen base, trained for sdsat_minutes (or max_steps), the
-    # SDSAT fine-tune's budget, on the same tokens; distill (the base's own distribution) or labels.
+    # The medusa and eagle stages: drafters on the frozen base (Medusa-1 heads, an EAGLE layer), each
+    # trained for sdsat_minutes (or max_steps), the SDSAT fine-tune's budget, on the same tokens;
+    # distill (the base's own distribution) or labels.
     medusa_heads: int = 5
     medusa_lr: float = 1e-3
+    eagle_lr: float = 1e-3
     max_steps: int | None = None  # train exactly this many optimiser steps instead of for minutes
     bf16: bool = True  # bf16 autocast on a GPU
     seed: int = 0

@@ -25,6 +25,10 @@ class MedusaTrainee(nn.Module):
         self.distill = distill
         self.config = base.config
 
+    @property
+    def drafter(self) -> MedusaHeads:
+        return self.heads
+
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
         """``x`` (B, T) token ids; ``valid`` (B, T) bool: positions whose predictions count (None: all;
         a retrofit's FIM-formatted documents hold ids the base lacks: they are clamped and left out)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.training import STAGES
+from harness.training import DRAFTERS, STAGES
 from harness.training.checkpoint import adaptive_spec_for, llama_config, save_checkpoint
 from harness.training.config import RecipeConfig
 from harness.training.corpus import read_corpus
@@ -53,18 +53,20 @@ class _Recipe(StageRunner):
         self.stage("sdsat", self.sdsat_dir / "config.json", self.finetune, every_process=True)
         draft = partial(self.pretrain, self.draft_dir, "draft", draft_shape, cfg.draft_minutes)
         self.stage("draft", self.draft_dir / "config.json", draft, every_process=True)
-        self.stage("medusa", work / "medusa" / "drafter.json", self.medusa, every_process=True)
+        for kind in DRAFTERS:
+            self.stage(kind, work / kind / "drafter.json", partial(self.drafter, kind), every_process=True)
         if (self.sdsat_dir / "config.json").exists():
             self.stage("evaluate", None, partial(evaluate, cfg, work, self.device.type, self.log))
         self.stage("compare", work / "compare.json", self.compare, every_process=True)
 
-    def medusa(self) -> None:
-        """Medusa heads on the frozen base model (``W/base``), the same tokens, the SDSAT fine-tune's budget."""
+    def drafter(self, kind: str) -> None:
+        """A trained peer's drafter (Medusa heads, an EAGLE layer) on the frozen base model (``W/base``),
+        the same tokens, the SDSAT fine-tune's budget."""
         from transformers import AutoModelForCausalLM
 
         base = AutoModelForCausalLM.from_pretrained(self.base_dir, dtype=torch.float32)
         stream = np.asarray(np.load(self.work / "train.npy", mmap_mode="r"))
-        self.train_medusa(base, stream, None, str(self.base_dir))
+        self.train_drafter(kind, base, stream, None, str(self.base_dir))
 
     def make_tokenizer(self) -> None:
         budget = self.cfg.tokenizer_sample_mb * 1e6

@@ -10,8 +10,9 @@
   frozen base as the standard tokens' teacher (they keep the base's predictions); a full fine-tune
   (``W/sdsat/``: a checkpoint) or LoRA (``W/sdsat/``: an adapter that ``--model`` applies to its
   base, whose hash it records and checks);
-- ``medusa`` (only when named in ``--stages``): Medusa-1 heads on the frozen base at the same budget,
-  ``W/medusa/`` (a ``--drafter`` for the ``medusa`` decoder on the base);
+- ``medusa``, ``eagle`` (only when named in ``--stages``): Medusa-1 heads or an EAGLE layer on the
+  frozen base at the same budget, ``W/medusa/``, ``W/eagle/`` (a ``--drafter`` for that decoder on the
+  base);
 - ``evaluate``: held-out standard loss of base and SDSAT, draft accuracy per offset, greedy accept
   rate and tokens per forward pass per k on HumanEval prompts; ``W/eval.json`` and the model card
   ``W/sdsat/README.md``.
@@ -23,6 +24,7 @@ import copy
 import json
 import os
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +32,7 @@ import torch
 
 from harness import weights
 from harness.errors import HarnessError
+from harness.training import DRAFTERS
 from harness.training.checkpoint import save_checkpoint
 from harness.training.config import RecipeConfig
 from harness.training.corpus import corpus_from_documents, read_corpus
@@ -113,7 +116,8 @@ class _Retrofit(StageRunner):
             self.check_adaptive_ids_unused()
         done = self.sdsat_dir / (weights.ADAPTER_META if self.lora else "config.json")
         self.stage("sdsat", done, self.finetune, every_process=True)
-        self.stage("medusa", work / "medusa" / "drafter.json", self.medusa, every_process=True)
+        for kind in DRAFTERS:
+            self.stage(kind, work / kind / "drafter.json", partial(self.drafter, kind), every_process=True)
         if done.exists():
             self.stage("evaluate", work / "eval.json", self.evaluate)
 
@@ -197,13 +201,13 @@ class _Retrofit(StageRunner):
         if self.shard.is_main:
             self.save(model, summary)
 
-    def medusa(self) -> None:
-        """Medusa heads on the unchanged base, the same tokens (FIM documents, which hold ids the base
-        lacks, left out) and the SDSAT fine-tune's budget: the trained peer of issue 28."""
+    def drafter(self, kind: str) -> None:
+        """A trained peer's drafter (Medusa heads, an EAGLE layer) on the unchanged base, the same tokens
+        (FIM documents, which hold ids the base lacks, left out) and the SDSAT fine-tune's budget."""
         ext = self.extension
         stream = np.asarray(np.load(self.work / "train.npy", mmap_mode="r"))
         fim = fim_positions(stream, *self.tokenizer.convert_tokens_to_ids([ext.fim.prefix, ext.fim.end]))
-        self.train_medusa(weights.open_plain(self.source, torch.float32), stream, fim, self.cfg.base)
+        self.train_drafter(kind, weights.open_plain(self.source, torch.float32), stream, fim, self.cfg.base)
 
     def fitting_seq_len(self, config) -> int:
         """--seq-len, shortened where a group's positions (up to seq_len - 1 + max_k) would pass the

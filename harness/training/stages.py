@@ -53,20 +53,27 @@ class StageRunner:
         budget = {lang: int(mb * 1e6) for lang, mb in cfg.mb_per_lang.items()}
         build_corpus(list(cfg.roots), self.corpus_dir, budget, cfg.data_dir, cfg.humaneval_path)
 
-    def train_medusa(self, base, stream, fim, base_name: str) -> None:
-        """Stage ``medusa``: heads trained on the frozen ``base`` at the SDSAT fine-tune's budget, saved
-        as ``W/medusa/`` (a ``--drafter``), with their log and summary."""
-        from harness.training.medusa import MedusaTrainee
+    def train_drafter(self, kind: str, base, stream, fim, base_name: str) -> None:
+        """Stage ``medusa`` or ``eagle``: that decoder's drafter trained on the frozen ``base`` at the SDSAT
+        fine-tune's budget, saved as ``W/<kind>/`` (a ``--drafter``), with its log and summary."""
         from harness.training.train import train
 
         cfg = self.cfg
-        trainee = MedusaTrainee(base.to(self.device), cfg.medusa_heads, cfg.distill)
-        tc = self.train_config("medusa", cfg.medusa_lr, cfg.sdsat_minutes, seed_offset=3, warmup=50)
-        trainee, summary = train(trainee, stream, tc, self.work / "medusa_log.jsonl", fim=fim)
+        if kind == "medusa":
+            from harness.training.medusa import MedusaTrainee
+
+            trainee, lr = MedusaTrainee(base.to(self.device), cfg.medusa_heads, cfg.distill), cfg.medusa_lr
+        else:
+            from harness.training.eagle import EagleTrainee
+
+            trainee, lr = EagleTrainee(base.to(self.device), cfg.distill), cfg.eagle_lr
+        tc = self.train_config("drafter", lr, cfg.sdsat_minutes, seed_offset=3, warmup=50)
+        trainee, summary = train(trainee, stream, tc, self.work / f"{kind}_log.jsonl", fim=fim)
         if self.shard.is_main:
-            trainee.heads.save(self.work / "medusa", base_name)
-            added = sum(p.numel() for p in trainee.heads.parameters())
-            (self.work / "medusa_summary.json").write_text(json.dumps({**summary, "parameters_added": added}, indent=1))
+            trainee.drafter.save(self.work / kind, base_name)
+            added = sum(p.numel() for p in trainee.drafter.parameters())
+            summary = {**summary, "kind": kind, "parameters_added": added}
+            (self.work / f"{kind}_summary.json").write_text(json.dumps(summary, indent=1))
 
     def budget(self, minutes: float) -> dict:
         """A fixed number of optimiser steps if asked for, else a time budget."""

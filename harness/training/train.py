@@ -20,7 +20,8 @@ from harness.training.sdsat_batches import IGNORE, batch_mask, build_naive_batch
 
 @dataclass
 class TrainConfig:
-    mode: str = "pretrain"  # pretrain | sdsat | naive (inline insertion, the Figure 5 baseline) | medusa
+    # pretrain | sdsat | naive (inline insertion, the Figure 5 baseline) | drafter (medusa's or eagle's)
+    mode: str = "pretrain"
     seq_len: int = 512
     batch_size: int = 64
     lr: float = 2e-3
@@ -57,7 +58,7 @@ def step_losses(
         logits = model(input_ids=x).logits
         std = cross_entropy(logits[:, :-1], x[:, 1:])
         return {"loss": std, "standard": std}
-    if cfg.mode == "medusa":  # heads on a frozen base (harness.training.medusa), FIM documents left out
+    if cfg.mode == "drafter":  # a drafter on a frozen base (training.medusa, training.eagle), FIM documents left out
         return model(x, None if fim is None else ~fim)
     if cfg.mode == "naive":
         batch = build_naive_batch(x, adaptive_ids, cfg.n_groups, generator=gen)
