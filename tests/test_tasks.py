@@ -112,28 +112,36 @@ def test_fim_prompt_orders_and_missing_fim_tokens(data_dir):
 
 
 def test_humaneval_validation_all_references_pass():
-    """Every other problem (`sdsat-bench validate humaneval` runs all 164, see docs/tasks.md)."""
-    problems = load_problems("humaneval")[::2]
+    """Every fourth problem (`sdsat-bench validate humaneval` runs all 164, see docs/tasks.md)."""
+    problems = load_problems("humaneval")[::4]
     result = validate(problems, workers=2)
-    assert result["ok"] and result["references_passed"] == len(problems) == 82
+    assert result["ok"] and result["references_passed"] == len(problems) == 41
     # the deliberately wrong body and each early-exit trick, on every problem
     assert result["wrong_statuses"] == {"failed": len(problems) * (1 + len(get_language("python").cheats))}
 
 
-@pytest.mark.parametrize(
-    "task", ["humaneval-infill-random-span-light", "santacoder-fim-py", "santacoder-fim-js", "santacoder-fim-java"]
-)
-def test_infilling_and_fim_references(task, data_dir):
+@pytest.mark.parametrize("task", ["santacoder-fim-py", "santacoder-fim-js", "santacoder-fim-java"])
+def test_fim_references(task, data_dir):
     problems = load_problems(task, data_dir)
     result = validate(problems, workers=2)
     assert result["ok"] and result["references_passed"] == len(problems)
 
 
-@pytest.mark.parametrize("task", ["humaneval-infill-single", "humaneval-infill-multi", "humaneval-infill-random-span"])
-def test_infilling_references_sample(task, data_dir):
-    """Every 25th problem here (the full sets pass with `sdsat-bench validate`, see docs/tasks.md)."""
-    problems = load_problems(task, data_dir)[::25]
-    assert validate(problems, workers=2)["ok"]
+@pytest.mark.parametrize(
+    "task,step",
+    [
+        ("humaneval-infill-single", 25),
+        ("humaneval-infill-multi", 100),
+        ("humaneval-infill-random-span", 50),
+        ("humaneval-infill-random-span-light", 4),
+    ],
+)
+def test_infilling_references_sample(task, step, data_dir):
+    """A sample of each set, about 40 to 60 problems (the full sets pass with `sdsat-bench validate`,
+    see docs/tasks.md)."""
+    problems = load_problems(task, data_dir)[::step]
+    result = validate(problems, workers=2)
+    assert result["ok"] and result["references_passed"] == len(problems)
 
 
 @pytest.mark.parametrize("language", ["cpp", "java", "js", "ts", "php", "sh", "rs", "go"])
