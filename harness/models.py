@@ -149,6 +149,10 @@ def load_model(spec: ModelSpec | str) -> LoadedModel:
         engine = "compile" if torch_device.type == "cuda" else "eager"
     model, tokenizer = weights.open_model(weights.resolve(spec.model), DTYPES[dtype], spec.attn_implementation)
     model.to(torch_device).eval()
+    if engine == "compile" and torch_device.type == "cuda":  # the speed path: one matrix for q/k/v, one for gate/up
+        from harness.engine.fusion import fuse_projections
+
+        fuse_projections(model)
     adaptive = (
         parse_adaptive_tokens(spec.adaptive_tokens, model.config.vocab_size)
         if spec.adaptive_tokens

@@ -147,3 +147,33 @@ def test_a_crop_moves_every_layers_write_pointer():
     assert [int(layer.cumulative_length) for layer in cache.hf.layers] == [4] * len(cache.hf.layers)
     cache.crop(2)
     assert [int(layer.cumulative_length) for layer in cache.hf.layers] == [2] * len(cache.hf.layers)
+
+
+def test_fused_projections_keep_the_logits_and_every_decoder_exact():
+    """One matrix for q/k/v and one for gate/up (the compiled GPU engine's model): the same logits up to
+    rounding, the separate matrices gone, and on the fused model every decoder still emits ar's tokens,
+    eager and compiled (backend 'eager': the traced graph of the fused forward)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from harness.decoding import SamplingParams, StopCondition, make_decoder
+    from harness.engine.fusion import FusedLlamaAttention, FusedLlamaMLP, fuse_projections
+    from tests.tiny import prompt_ids
+
+    lm = make_lm(seed=1, init_range=0.5)
+    ids = prompt_ids(lm, "def f(a):\n")
+    before = _logits(lm.model, ids)
+    layers = lm.model.config.num_hidden_layers
+    assert fuse_projections(lm.model) == 2 * layers and fuse_projections(lm.model) == 0  # once only
+    assert torch.allclose(_logits(lm.model, ids), before, atol=1e-5)
+    attention, mlp = lm.model.model.layers[0].self_attn, lm.model.model.layers[0].mlp
+    assert isinstance(attention, FusedLlamaAttention) and isinstance(mlp, FusedLlamaMLP)
+    assert not hasattr(attention, "q_proj") and not hasattr(mlp, "gate_proj")
+    assert "fused Q/K/V and gate/up" in engines.DecodeEngine(lm.model).description
+    stop, greedy = StopCondition(max_new_tokens=24), SamplingParams()
+    ar = make_decoder("ar", lm).generate(ids, stop, greedy).tokens
+    for mode in ("eager", "compile"):
+        lm.engine = engines.DecodeEngine(lm.model, mode, backend="eager")
+        for name, k in (("ar", 0), ("sdsat", 3), ("sdsat-fused", 3), ("pld", 3)):
+            assert make_decoder(name, lm, k=k).generate(ids, stop, greedy).tokens == ar, (mode, name)
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
+    assert fuse_projections(gpt2) == 0  # other architectures are left as they are

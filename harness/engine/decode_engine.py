@@ -84,6 +84,8 @@ class DecodeEngine:
         is not sdpa)."""
         attention = getattr(self.model.config, "_attn_implementation", "sdpa")
         attention = "" if attention == "sdpa" else f", {attention} attention"
+        if any(getattr(m, "fused_projections", 0) for m in self.model.modules()):
+            attention += ", fused Q/K/V and gate/up projections"
         if self.mode == "eager":
             return f"sdsat-bench engine eager: dynamic cache{attention}"
         if self.mode == "static":
