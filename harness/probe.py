@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,6 +49,8 @@ NOMINAL_BANDWIDTH = {"H200": 4.8e12, "H100": 3.35e12, "A100": 2.0e12}  # bytes/s
 CONTEXT = 300  # cached positions before each timed pass (a HumanEval prompt and some of its answer)
 NEW_TOKENS = 128
 NOTE = "synthetic weights: these numbers measure cost, never acceptance"
+PROFILED_PASSES = 20
+PROFILE_ROWS = 15
 # A pass of more tokens does the work of a pass of fewer and more: it may read cheaper by timer noise
 # (this much at most, relative) and no more. A busy machine gave 77 / 689 / 197 / 222 ms at blocks
 # 1 / 2 / 4 / 8, from which a projection read 3.5x.
@@ -155,10 +158,9 @@ def check_monotone(curve: dict[int, float], where: str) -> None:
         )
 
 
-def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
-    """Milliseconds of one decode pass of ``q`` tokens over ``CONTEXT`` cached positions, per block size.
-    A curve that is not monotone within noise is measured again (the order reversed each time, so a
-    drift of the machine's speed does not fall on the same blocks), up to CURVE_ATTEMPTS times."""
+def decode_passes(lm, blocks) -> dict[int, Callable[[], None]]:
+    """One decode pass of ``q`` tokens over ``CONTEXT`` cached positions, per block size, each run once
+    (the first pass of a shape) and ready to be timed or profiled."""
     engine, device = lm.engine, lm.device
     engine.reserve(CONTEXT + max(blocks) + 8)
     engine.warm_up(blocks)
@@ -174,8 +176,17 @@ def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
             engine.forward(cache, block, positions)
             cache.crop(CONTEXT)
 
-        one_pass()  # outside the timing: the first pass of a shape
+        one_pass()
         passes[q] = one_pass
+    return passes
+
+
+def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
+    """Milliseconds of one decode pass of ``q`` tokens over ``CONTEXT`` cached positions, per block size.
+    A curve that is not monotone within noise is measured again (the order reversed each time, so a
+    drift of the machine's speed does not fall on the same blocks), up to CURVE_ATTEMPTS times."""
+    device = lm.device
+    passes = decode_passes(lm, blocks)
     order = list(blocks)
     for _ in range(CURVE_ATTEMPTS):
         curve = {q: median_ms(device, passes[q], repeats) for q in order}
@@ -213,6 +224,27 @@ def decoder_speeds(lm, decoders, repeats: int) -> list[dict]:
         row["speedup"] = row["tokens_per_s"] / ar
         row["efficiency"] = row["speedup"] / row["tokens_per_forward"]
     return rows
+
+
+def kernel_profile(lm, passes: int = PROFILED_PASSES) -> list[dict]:
+    """Where one AR decode pass (1 token over ``CONTEXT`` cached positions) spends its time: the top
+    ``PROFILE_ROWS`` operations by self time per pass (on a GPU the kernels, CUDA-graph replays'
+    included), from torch.profiler over ``passes`` passes, each with its share of the whole."""
+    from torch.profiler import ProfilerActivity, profile
+
+    one_pass = decode_passes(lm, [1])[1]
+    cuda = lm.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        for _ in range(passes):
+            one_pass()
+        if cuda:
+            torch.cuda.synchronize(lm.device)
+    field = "self_device_time_total" if cuda else "self_cpu_time_total"
+    times = [(e.key, getattr(e, field) / passes / 1e3) for e in prof.key_averages()]  # ms per pass
+    times = sorted((t for t in times if t[1] > 0), key=lambda t: -t[1])
+    total = sum(ms for _, ms in times)
+    return [{"operation": name, "ms_per_pass": ms, "share": ms / total} for name, ms in times[:PROFILE_ROWS]]
 
 
 def roofline(lm) -> dict:
@@ -257,6 +289,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
     for engine in cfg.engines:
         lm.engine = DecodeEngine(lm.model, engine)
         curve = cost_curve(lm, cfg.blocks, cfg.repeats)
+        profile = kernel_profile(lm)
         for v in names:
             switch.set(v)
             speeds = decoder_speeds(lm, probe_decoders(cfg), cfg.repeats)
@@ -265,7 +298,11 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
                 "cost_ms": curve,
                 "decoders": speeds,
                 "ar_tokens_per_s": speeds[0]["tokens_per_s"],
+                "profile": profile,
             }
+            nominal = common["roofline"].get("tokens_per_s_nominal")
+            if nominal:  # AR's share of the HBM roofline (a step that reads every weight once)
+                results[v]["engines"][engine]["ar_roofline_share"] = speeds[0]["tokens_per_s"] / nominal
     paths = []
     for v, result in results.items():
         out = Path(out_dir) / v if len(names) > 1 else Path(out_dir)

@@ -73,6 +73,11 @@ def test_probe_writes_cost_curve_and_all_accept_ceilings(probe):
     assert by_name[("sdsat-fused", 2)]["tokens_per_forward"] == pytest.approx(3.0, abs=0.1)
     for row in engine["decoders"]:
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["tokens_per_forward"])
+    # where one AR pass spends its time (the CPU's operations here; the kernels on a GPU)
+    profile = engine["profile"]
+    assert profile and all(row["ms_per_pass"] > 0 for row in profile)
+    assert any("addmm" in row["operation"] or "mm" in row["operation"] for row in profile)
+    assert sum(row["share"] for row in profile) <= 1.0 + 1e-9
 
 
 def test_projection_is_tokens_per_forward_times_the_cost_ratio():
