@@ -78,6 +78,8 @@ def test_any_architecture_is_retrofitted_and_decodes_exactly(architecture, bases
     assert "accept rate" in card
     evaluation = json.loads((tmp_path / "w" / "eval.json").read_text())
     assert set(evaluation["humaneval_greedy"]["per_k"]) == {str(k) for k in range(14)}
+    assert set(evaluation["heldout_greedy"]["per_k"]) == {str(k) for k in range(14)}  # generic code prompts
+    assert evaluation["parameters"]["sdsat"] > evaluation["parameters"]["base"] > 0  # the new token rows
     _decodes_as_ar(out)
 
 
@@ -198,6 +200,7 @@ def test_bad_input_is_one_line(case, expected, bases, tmp_path, capsys):
         adapter.mkdir()
         (adapter / weights.ADAPTER_META).write_text("{}")
         base = str(adapter)
+    capsys.readouterr()  # what building the case printed (save_pretrained's progress bar) is not the command's
     argv = ["train", "--base", base, "--work", str(tmp_path / "w"), "--roots", ROOTS, *QUICK, *extra]
     code = main(argv)
     err = capsys.readouterr().err

@@ -145,7 +145,9 @@ def test_recipe_writes_loadable_checkpoints(tiny_recipe):
     ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
     assert make_decoder("sdsat", lm, k=4).generate(ids, stop, SamplingParams()).tokens == ar.tokens
     evaluation = json.loads((tiny_recipe / "eval.json").read_text())
-    assert set(evaluation) >= {"base", "sdsat", "humaneval_greedy"}
+    assert set(evaluation) >= {"base", "sdsat", "humaneval_greedy", "heldout_greedy", "parameters"}
+    assert evaluation["heldout_greedy"]["prompts"] > 0 and set(evaluation["heldout_greedy"]["per_k"]) == set("01234")
+    assert evaluation["parameters"]["base"] == evaluation["parameters"]["sdsat"] > 0
     logs = [json.loads(line) for line in (tiny_recipe / "sdsat_log.jsonl").read_text().splitlines()]
     assert logs and {"standard", "adaptive", "tokens_per_s"} <= set(logs[-1])
     assert np.isfinite(logs[-1]["loss"])

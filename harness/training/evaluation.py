@@ -1,5 +1,6 @@
 """What a trained SDSAT model is measured by during training: held-out standard-token loss, draft
-accuracy per offset, and the two-step greedy decoder's accept rate on HumanEval prompts."""
+accuracy per offset, and the two-step greedy decoder's accept rate on HumanEval prompts and on generic
+code prompts (the first lines of held-out corpus documents)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from harness.training.data import sample_windows
 from harness.training.sdsat_batches import IGNORE, batch_mask, build_sdsat_batch
 from harness.training.train import cross_entropy
 
+EVAL_MAX_K = 13  # the paper's Figures 3/4 run k = 1..13
+HELDOUT_PROMPT_LINES = 12  # a generic prompt: the first lines of a held-out document
+
 
 def humaneval_prompts(path: str | None, limit: int) -> list[str]:
     if not path or not Path(path).exists():
@@ -25,14 +29,33 @@ def humaneval_prompts(path: str | None, limit: int) -> list[str]:
         return [free_prompt(json.loads(line)["prompt"]) for line in itertools.islice(f, limit)]
 
 
-def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> dict:
+def heldout_prompts(corpus_dir: str | Path, limit: int) -> list[str]:
+    """Generic code prompts no model trained on: the first ``HELDOUT_PROMPT_LINES`` lines of each of the
+    first ``limit`` held-out corpus documents (file order: the same prompts for every model of a corpus),
+    under the whitespace rule."""
+    from harness.prompting import free_prompt
+    from harness.training.corpus import read_corpus
+
+    path = Path(corpus_dir) / "heldout.jsonl"
+    prompts: list[str] = []
+    if not path.exists():
+        return prompts
+    for doc in read_corpus(path):
+        if len(prompts) == limit:
+            break
+        head = free_prompt("\n".join(doc["text"].splitlines()[:HELDOUT_PROMPT_LINES]))
+        if head:
+            prompts.append(head)
+    return prompts
+
+
+def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int, stop_strings: tuple[str, ...] = ()) -> dict:
     """Pooled accept rate and tokens per forward pass of the two-step greedy decoder over prompts."""
     from harness.decoding import SamplingParams, make_decoder
     from harness.prompting import encode, stop_condition
-    from harness.tasks import get_task
 
     decoder = make_decoder("sdsat", lm, k=k)
-    stop = stop_condition(lm, max_new_tokens, get_task("humaneval").stop)  # run's HumanEval stop strings
+    stop = stop_condition(lm, max_new_tokens, stop_strings)
     acc = dra = new = fwd = 0
     for prompt in prompts:
         st = decoder.generate(encode(lm.tokenizer, prompt), stop, SamplingParams()).stats
@@ -44,6 +67,22 @@ def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int) -> di
         "forward_passes": fwd,
         "prompts": len(prompts),
     }
+
+
+def greedy_sweep(lm, prompts: list[str], max_k: int, max_new_tokens: int, stop_strings=(), log=print) -> dict:
+    """``greedy_acceptance`` at k = 0..max_k (k = 0: AR), as eval.json holds it."""
+    per_k = {}
+    for k in range(max_k + 1):
+        per_k[k] = greedy_acceptance(lm, prompts, k, max_new_tokens, stop_strings)
+        log(f"[evaluate] k={k}: {per_k[k]}")
+    return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "per_k": per_k}
+
+
+def humaneval_stop() -> tuple[str, ...]:
+    """run's HumanEval stop strings."""
+    from harness.tasks import get_task
+
+    return get_task("humaneval").stop
 
 
 @torch.no_grad()

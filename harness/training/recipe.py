@@ -16,7 +16,15 @@ from harness.training.checkpoint import adaptive_spec_for, llama_config, save_ch
 from harness.training.config import RecipeConfig
 from harness.training.corpus import read_corpus
 from harness.training.data import encode_documents
-from harness.training.evaluation import greedy_acceptance, heldout_metrics, humaneval_prompts
+from harness.training.evaluation import (
+    EVAL_MAX_K,
+    greedy_acceptance,
+    greedy_sweep,
+    heldout_metrics,
+    heldout_prompts,
+    humaneval_prompts,
+    humaneval_stop,
+)
 from harness.training.stages import StageRunner
 from harness.training.tokenizer import train_bpe_tokenizer
 from harness.training.train import train
@@ -164,7 +172,7 @@ class _Recipe(StageRunner):
             fim = fim_from_tokenizer(self.tokenizer)
             lm = LoadedModel(name, model, self.tokenizer, self.adaptive, fim, self.device, torch.float32)
             k = min(5, self.adaptive.max_k)  # k = 5 as the paper's 7B, or every adaptive token a small model has
-            metrics[f"humaneval_k{k}"] = greedy_acceptance(lm, prompts, k, cfg.eval_max_new_tokens)
+            metrics[f"humaneval_k{k}"] = greedy_acceptance(lm, prompts, k, cfg.eval_max_new_tokens, humaneval_stop())
             results[name] = {"summary": summary, **metrics}
             self.log(f"[compare] {name}: {metrics}")
         if self.shard.is_main:
@@ -173,24 +181,25 @@ class _Recipe(StageRunner):
 
 
 def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
-    """Held-out standard loss of base and SDSAT, draft accuracy per offset, and greedy accept rate and
-    tokens per forward of the two-step decoder at k = 1..10 on HumanEval prompts."""
+    """Held-out standard loss and parameters of base and SDSAT, draft accuracy per offset, and greedy
+    accept rate and tokens per forward of the two-step decoder at k = 0..13 on HumanEval prompts and on
+    generic code prompts (held-out corpus documents)."""
     from harness.config import ModelSpec
     from harness.models import load_model
 
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
-    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}
+    results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "parameters": {}}
     for name in ("base", "sdsat"):
         lm = load_model(ModelSpec(model=str(work / name), device=device))  # fp32
         ids = list(lm.adaptive.token_ids) if lm.adaptive else None
         results[name] = heldout_metrics(lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
+        results["parameters"][name] = sum(p.numel() for p in lm.model.parameters())
         log(f"[evaluate] {name}: {results[name]}")
     # lm is the SDSAT model now
-    prompts = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
-    per_k = {}
-    for k in range(0, min(10, lm.adaptive.max_k) + 1):
-        per_k[k] = greedy_acceptance(lm, prompts, k, cfg.eval_max_new_tokens)
-        log(f"[evaluate] k={k}: {per_k[k]}")
-    results["humaneval_greedy"] = {"prompts": len(prompts), "max_new_tokens": cfg.eval_max_new_tokens, "per_k": per_k}
+    max_k, new = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_max_new_tokens
+    humaneval = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
+    results["humaneval_greedy"] = greedy_sweep(lm, humaneval, max_k, new, humaneval_stop(), log)
+    generic = heldout_prompts(work / "corpus", cfg.eval_prompts)
+    results["heldout_greedy"] = greedy_sweep(lm, generic, max_k, new, (), log)
     (work / "eval.json").write_text(json.dumps(results, indent=1))
     return results

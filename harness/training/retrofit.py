@@ -37,7 +37,14 @@ from harness.training.checkpoint import save_checkpoint
 from harness.training.config import RecipeConfig
 from harness.training.corpus import corpus_from_documents, read_corpus
 from harness.training.data import encode_documents, fim_positions
-from harness.training.evaluation import greedy_acceptance, heldout_metrics, humaneval_prompts
+from harness.training.evaluation import (
+    EVAL_MAX_K,
+    greedy_sweep,
+    heldout_metrics,
+    heldout_prompts,
+    humaneval_prompts,
+    humaneval_stop,
+)
 from harness.training.stages import StageRunner
 from harness.training.train import train
 from harness.vocabulary import ADAPTIVE_INITS, Extension, adaptive_init, extend_tokenizer
@@ -45,7 +52,6 @@ from harness.weights import grow_vocabulary
 
 STAGES = ("corpus", "tokenizer", "tokens", "sdsat", "evaluate")
 EXTENSION = "extension.json"  # what the tokenizer stage added (harness.vocabulary.Extension)
-EVAL_MAX_K = 13  # the paper's Figures 3/4 run k = 1..13
 SHARD = "200MB"
 
 
@@ -310,7 +316,8 @@ def _declared_dtype(source: weights.Source) -> torch.dtype:
 
 def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device: torch.device, log=print) -> dict:
     """Held-out standard loss of the base (as it is) and of the SDSAT model (loaded as --model loads
-    it), draft accuracy per offset, and greedy accept rate per k = 0..13 on HumanEval prompts."""
+    it), their parameters, draft accuracy per offset, and greedy accept rate per k = 0..13 on HumanEval
+    prompts and on generic code prompts (held-out corpus documents)."""
     from harness.config import ModelSpec
     from harness.models import load_model
 
@@ -318,6 +325,7 @@ def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device
     seq_len = json.loads((work / "sdsat_summary.json").read_text())["config"]["seq_len"]  # as trained
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     base = weights.open_plain(source, torch.float32).to(device).eval()
+    results["parameters"] = {"base": sum(p.numel() for p in base.parameters())}  # as it is, before any growth
     if len(heldout) and int(heldout.max()) >= extension.base_rows:
         grow_vocabulary(base, extension.vocab_size, extension.new_ids)
         results["base_note"] = "the tokenizer has ids beyond the base's embedding rows: scored with them grown"
@@ -330,18 +338,15 @@ def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device
     results["sdsat"] = heldout_metrics(lm.model, heldout, seq_len, ids, n_groups=cfg.n_groups)
     for name in ("base", "sdsat"):
         log(f"[evaluate] {name}: {results[name]}")
-    max_k = min(EVAL_MAX_K, lm.adaptive.max_k)
-    prompts = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
-    fitting = _fitting(lm, prompts, cfg.eval_max_new_tokens + max_k + 1)
-    per_k = {}
-    for k in range(0, max_k + 1):
-        per_k[k] = greedy_acceptance(lm, fitting, k, cfg.eval_max_new_tokens)
-        log(f"[evaluate] k={k}: {per_k[k]}")
-    results["humaneval_greedy"] = {
-        "prompts": len(fitting),
-        "left_out": len(prompts) - len(fitting),  # longer than the model's positions allow
-        "max_new_tokens": cfg.eval_max_new_tokens,
-        "per_k": per_k,
-    }
+    results["parameters"]["sdsat"] = sum(p.numel() for p in lm.model.parameters())
+    max_k, new = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_max_new_tokens
+    room = new + max_k + 1
+    for name, prompts, stop in (
+        ("humaneval_greedy", humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts), humaneval_stop()),
+        ("heldout_greedy", heldout_prompts(work / "corpus", cfg.eval_prompts), ()),
+    ):
+        fitting = _fitting(lm, prompts, room)
+        # left out: longer than the model's positions allow
+        results[name] = {**greedy_sweep(lm, fitting, max_k, new, stop, log), "left_out": len(prompts) - len(fitting)}
     (work / "eval.json").write_text(json.dumps(results, indent=1))
     return results
