@@ -117,6 +117,14 @@ def _report_parsers(sub) -> None:
     _add_isolation_arg(p)
     p.set_defaults(func=_cmd_score)
 
+    p = sub.add_parser("sizes", help="the size series: accept rate against parameters, from training work directories")
+    p.add_argument("works", nargs="+", metavar="[LABEL=]DIR", help="work directories of one recipe, with eval.json")
+    p.add_argument(
+        "--apart", action="append", default=[], metavar="LABEL=DIR", help="a point trained elsewhere, drawn apart"
+    )
+    p.add_argument("--out", required=True, help="where size_series.csv and accept_rate_vs_size.png go")
+    p.set_defaults(func=_cmd_sizes)
+
     p = sub.add_parser("check", help="gate a run against a baseline: exit 1 when a metric regresses")
     p.add_argument("run", metavar="DIR")
     p.add_argument("--baseline", required=True, help="baseline JSON (e.g. reports/baselines/smoke-cpu.json)")
@@ -164,6 +172,7 @@ _TRAIN_HELP = {
     "batch_size": "sequences per micro-batch and process",
     "grad_accum": "micro-batches per optimiser step",
     "max_steps": "train every model stage for exactly this many optimiser steps (default: for --*-minutes)",
+    "sdsat_steps": "the sdsat stage alone for exactly this many steps (a size series' equal SDSAT token budget)",
     "repeated_adaptive": "one adaptive id for every offset",
     "draft_minutes": "stage 'draft': pretraining of the draft model",
     "compare_minutes": "stage 'compare': minutes per variant",
@@ -346,6 +355,14 @@ def _cmd_report(args) -> int:
     from harness.report import render
 
     print(f"report: {render(args.runs, args.out, args.probe, args.probe_engine, args.svg)}")
+    return 0
+
+
+def _cmd_sizes(args) -> int:
+    from harness.size_series import labelled, write_size_series
+
+    for path in write_size_series(labelled(args.works), labelled(args.apart), args.out):
+        print(f"sizes: {path}")
     return 0
 
 

@@ -50,7 +50,7 @@ def _setting(temperature: float, accept: str) -> str:
     return "greedy" if temperature == 0 else f"T={temperature:g}, accept={accept}"
 
 
-def _grid(n_panels: int, columns: int = MAX_COLUMNS, sharex: bool = False, width: float = PANEL_SIZE[0]):
+def grid(n_panels: int, columns: int = MAX_COLUMNS, sharex: bool = False, width: float = PANEL_SIZE[0]):
     cols = min(n_panels, columns)
     rows = math.ceil(n_panels / cols)
     fig, axes = pyplot().subplots(
@@ -172,7 +172,7 @@ def plot_vs_k(
     records = records[records[metric].notna()]
     panels = _panels(spec)
     per_panel = 2 if table is not None else 1
-    fig, axes = _grid(len(panels) * per_panel, columns=MAX_COLUMNS - MAX_COLUMNS % per_panel)
+    fig, axes = grid(len(panels) * per_panel, columns=MAX_COLUMNS - MAX_COLUMNS % per_panel)
     many = len(panels) > len(spec.groupby(["temperature", "accept"]))
     for i, (temp, accept, tasks) in enumerate(panels):
         ax = axes[i * per_panel]
@@ -231,7 +231,7 @@ def plot_pass_at_k(comparison: pd.DataFrame, out: Path, svg: bool = False) -> Pa
     n_bars = (
         comparison.task.nunique() * comparison[~comparison.decoder.map(is_control)].groupby(["run", "decoder"]).ngroups
     )
-    fig, axes = _grid(len(cols), columns=2, width=max(PANEL_SIZE[0], 1.5 + 0.5 * n_bars))
+    fig, axes = grid(len(cols), columns=2, width=max(PANEL_SIZE[0], 1.5 + 0.5 * n_bars))
     for ax, col in zip(axes, cols, strict=True):
         sub = comparison[comparison[col].notna()]
         controls = sub.decoder.map(is_control)

@@ -196,3 +196,36 @@ def test_sdsat_training_step_reduces_loss():
         losses["loss"].backward()
         opt.step()
     assert float(losses["adaptive"].detach()) < first
+
+
+def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
+    """`sdsat-bench sizes`: one row per point, prompt set and k, with its parameters; a point trained
+    elsewhere is flagged and drawn apart; a directory without eval.json is one line."""
+    import pandas as pd
+
+    from harness.cli import main
+
+    out = tmp_path / "sizes"
+    assert main(["sizes", f"toy={tiny_recipe}", "--apart", f"elsewhere={tiny_recipe}", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "size_series.csv")
+    assert {"model", "parameters", "prompts", "k", "accept_rate", "tokens_per_forward", "loss_change"} <= set(table)
+    assert set(table["k"]) == {1, 2, 3, 4} and table["parameters"].gt(0).all()
+    assert set(table["prompts"]) == {"HumanEval", "generic code (held out)"}
+    assert table.groupby("pretrained_elsewhere")["model"].first().to_dict() == {False: "toy", True: "elsewhere"}
+    assert (out / "accept_rate_vs_size.png").stat().st_size > 0
+    assert main(["sizes", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no readable" in err and "evaluate stage" in err and len(err.splitlines()) == 1
+
+
+def test_sdsat_steps_fix_the_fine_tune_alone(tmp_path):
+    """A size series gives every size the same SDSAT tokens (--sdsat-steps) while pretraining keeps its
+    minutes; --max-steps still fixes every stage."""
+    from harness.training.stages import StageRunner
+
+    runner = StageRunner(RecipeConfig(work=str(tmp_path), sdsat_steps=7), (), print)
+    assert runner.train_config("sdsat", 1e-3, 2.0).max_steps == 7
+    assert runner.train_config("sdsat", 1e-3, 2.0).time_budget_s is None
+    assert runner.train_config("pretrain", 1e-3, 2.0).time_budget_s == 120.0
+    fixed = StageRunner(RecipeConfig(work=str(tmp_path), max_steps=3), (), print)
+    assert fixed.train_config("pretrain", 1e-3, 2.0).max_steps == 3

@@ -60,5 +60,7 @@ class RecipeConfig:
     medusa_lr: float = 1e-3
     eagle_lr: float = 1e-3
     max_steps: int | None = None  # train exactly this many optimiser steps instead of for minutes
+    # The sdsat stage alone for exactly this many steps (a size series: every size the same SDSAT tokens)
+    sdsat_steps: int | None = None
     bf16: bool = True  # bf16 autocast on a GPU
     seed: int = 0

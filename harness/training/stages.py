@@ -75,8 +75,11 @@ class StageRunner:
             summary = {**summary, "kind": kind, "parameters_added": added}
             (self.work / f"{kind}_summary.json").write_text(json.dumps(summary, indent=1))
 
-    def budget(self, minutes: float) -> dict:
-        """A fixed number of optimiser steps if asked for, else a time budget."""
+    def budget(self, minutes: float, mode: str = "") -> dict:
+        """A fixed number of optimiser steps if asked for (``--sdsat-steps`` for the SDSAT fine-tune
+        alone), else a time budget."""
+        if mode == "sdsat" and self.cfg.sdsat_steps:
+            return {"max_steps": self.cfg.sdsat_steps, "time_budget_s": None}
         if self.cfg.max_steps:
             return {"max_steps": self.cfg.max_steps, "time_budget_s": None}
         return {"time_budget_s": minutes * 60}
@@ -84,5 +87,5 @@ class StageRunner:
     def train_config(self, mode: str, lr: float, minutes: float, seed_offset: int = 0, **more) -> TrainConfig:
         cfg = self.cfg
         common = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "bf16": cfg.bf16}
-        settings = {**common, **self.budget(minutes), **more}  # ``more`` may override a common setting
+        settings = {**common, **self.budget(minutes, mode), **more}  # ``more`` may override a common setting
         return TrainConfig(mode=mode, lr=lr, seed=cfg.seed + seed_offset, **settings)

@@ -1,0 +1,118 @@
+"""The size series (issue 29): acceptance against parameters for models trained by one recipe.
+
+Each point is a training work directory whose ``evaluate`` stage wrote ``eval.json`` (held-out
+standard loss and parameters of base and SDSAT, greedy accept rate and tokens per forward pass of the
+two-step decoder per k on HumanEval prompts and on generic code prompts). Points trained elsewhere
+(a retrofit of a model pretrained at scale) are drawn apart and flagged in the table, never fitted
+with the series. ``sdsat-bench sizes`` writes ``size_series.csv`` (one row per point, prompt set and
+k) and ``accept_rate_vs_size.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from harness.errors import HarnessError
+
+PROMPT_SETS = {"humaneval_greedy": "HumanEval", "heldout_greedy": "generic code (held out)"}
+FIGURE_KS = (3, 5, 7)  # the paper's L = 5 (7B) and L = 7 (13B), and a shorter draft
+
+
+def point_rows(label: str, work: str | Path, apart: bool = False) -> list[dict]:
+    """One row per prompt set and k of the work directory's ``eval.json``."""
+    path = Path(work) / "eval.json"
+    try:
+        evaluation = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"{label}: no readable {path} ({type(exc).__name__}): run its evaluate stage") from None
+    parameters = evaluation.get("parameters", {}).get("sdsat")
+    if not parameters:
+        raise HarnessError(f"{label}: {path} records no parameters (written before they were): evaluate again")
+    base_loss = evaluation["base"]["heldout_standard_loss"]
+    sdsat_loss = evaluation["sdsat"]["heldout_standard_loss"]
+    common = {
+        "model": label,
+        "parameters": parameters,
+        "pretrained_elsewhere": apart,
+        "base_loss": base_loss,
+        "sdsat_loss": sdsat_loss,
+        "loss_change": sdsat_loss / base_loss - 1,
+        "device": evaluation.get("device"),
+    }
+    rows = []
+    for key, prompt_set in PROMPT_SETS.items():
+        sweep = evaluation.get(key)
+        if not sweep:
+            continue
+        for k, m in sweep["per_k"].items():
+            if int(k) == 0:
+                continue
+            rows.append(
+                {
+                    **common,
+                    "prompts": prompt_set,
+                    "n_prompts": sweep["prompts"],
+                    "k": int(k),
+                    "accept_rate": m["accept_rate"],
+                    "tokens_per_forward": m["tokens_per_forward"],
+                }
+            )
+    return rows
+
+
+def size_table(series: list[tuple[str, str]], apart: list[tuple[str, str]] = ()) -> pd.DataFrame:
+    """The series' points and those trained elsewhere, as ``size_series.csv`` holds them."""
+    rows = [r for label, work in series for r in point_rows(label, work)]
+    rows += [r for label, work in apart for r in point_rows(label, work, apart=True)]
+    if not rows:
+        raise HarnessError("sizes: no point has an accept-rate sweep in its eval.json")
+    return pd.DataFrame(rows).sort_values(["pretrained_elsewhere", "parameters", "prompts", "k"], ignore_index=True)
+
+
+def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
+    """Accept rate against parameters (log scale), a panel per prompt set, a line per k; points trained
+    elsewhere as lone markers of the same colour."""
+    from harness.figures import grid, save
+
+    sets = [s for s in PROMPT_SETS.values() if s in set(table["prompts"])]
+    fig, axes = grid(len(sets), columns=2)
+    colors = {k: f"C{i}" for i, k in enumerate(FIGURE_KS)}
+    for ax, prompt_set in zip(axes, sets, strict=True):
+        rows = table[(table["prompts"] == prompt_set) & table["k"].isin(FIGURE_KS)]
+        for k in FIGURE_KS:
+            series = rows[(rows["k"] == k) & ~rows["pretrained_elsewhere"]].sort_values("parameters")
+            ax.plot(series["parameters"], series["accept_rate"], "o-", color=colors[k], label=f"k={k}, one recipe")
+            for _, point in rows[(rows["k"] == k) & rows["pretrained_elsewhere"]].iterrows():
+                label = f"k={k}, pretrained elsewhere"
+                ax.plot(point["parameters"], point["accept_rate"], "D", color=colors[k], mfc="none", label=label)
+                if k == FIGURE_KS[0]:  # the name once, above the point's markers
+                    xy = (point["parameters"], point["accept_rate"])
+                    ax.annotate(point["model"], xy, xytext=(0, 8), textcoords="offset points", ha="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("greedy accept rate (sdsat)")
+        ax.set_title(prompt_set, fontsize=9)
+        ax.grid(alpha=0.3)
+    return save(fig, out)
+
+
+def write_size_series(series: list[tuple[str, str]], apart: list[tuple[str, str]], out: str | Path) -> list[Path]:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = size_table(series, apart)
+    csv = out / "size_series.csv"
+    table.to_csv(csv, index=False, float_format="%.4f")
+    return [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
+
+
+def labelled(items: list[str]) -> list[tuple[str, str]]:
+    """``LABEL=DIR`` or ``DIR`` (labelled by its name) arguments."""
+    pairs = []
+    for item in items:
+        label, sep, work = item.partition("=")
+        pairs.append((label, work) if sep else (Path(item).name, item))
+    return pairs
