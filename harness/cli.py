@@ -122,6 +122,9 @@ def _report_parsers(sub) -> None:
     p.add_argument(
         "--apart", action="append", default=[], metavar="LABEL=DIR", help="a point trained elsewhere, drawn apart"
     )
+    p.add_argument(
+        "--run", action="append", default=[], metavar="LABEL=RUN", help="a point's scored greedy HumanEval run: pass@1"
+    )
     p.add_argument("--out", required=True, help="where size_series.csv and accept_rate_vs_size.png go")
     p.set_defaults(func=_cmd_sizes)
 
@@ -361,7 +364,7 @@ def _cmd_report(args) -> int:
 def _cmd_sizes(args) -> int:
     from harness.size_series import labelled, write_size_series
 
-    for path in write_size_series(labelled(args.works), labelled(args.apart), args.out):
+    for path in write_size_series(labelled(args.works), labelled(args.apart), args.out, labelled(args.run)):
         print(f"sizes: {path}")
     return 0
 

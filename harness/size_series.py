@@ -4,8 +4,10 @@ Each point is a training work directory whose ``evaluate`` stage wrote ``eval.js
 standard loss and parameters of base and SDSAT, greedy accept rate and tokens per forward pass of the
 two-step decoder per k on HumanEval prompts and on generic code prompts). Points trained elsewhere
 (a retrofit of a model pretrained at scale) are drawn apart and flagged in the table, never fitted
-with the series. ``sdsat-bench sizes`` writes ``size_series.csv`` (one row per point, prompt set and
-k) and ``accept_rate_vs_size.png``.
+with the series. A point's greedy HumanEval run (``sdsat-bench run --model W/sdsat --tasks humaneval
+--allow-code-execution``), named with ``--run LABEL=RUN``, adds its pass@1 (with its interval) and the
+share of completions that repeat a line. ``sdsat-bench sizes`` writes ``size_series.csv`` (one row per
+point, prompt set and k) and ``accept_rate_vs_size.png``.
 """
 
 from __future__ import annotations
@@ -63,13 +65,38 @@ def point_rows(label: str, work: str | Path, apart: bool = False) -> list[dict]:
     return rows
 
 
-def size_table(series: list[tuple[str, str]], apart: list[tuple[str, str]] = ()) -> pd.DataFrame:
+RUN_COLUMNS = ("pass@1", "pass@1_lo", "pass@1_hi", "repeated_line_share")
+
+
+def greedy_humaneval(label: str, run: str | Path) -> dict:
+    """pass@1 and the repeated-line share of a run's greedy ``ar`` HumanEval row."""
+    from harness.results import RunDirectory
+
+    summary = RunDirectory(run).path / "summary.csv"
+    if not summary.exists():
+        raise HarnessError(f"{label}: {summary} is missing (a run directory, scored and reported?)")
+    table = pd.read_csv(summary)
+    row = table[(table["task"] == "humaneval") & (table["decoder"] == "ar") & (table["temperature"] == 0)]
+    if row.empty or pd.isna(row.iloc[0]["pass@1"]):
+        raise HarnessError(f"{label}: {summary} has no scored greedy ar row on humaneval")
+    return {column: row.iloc[0][column] for column in RUN_COLUMNS}
+
+
+def size_table(
+    series: list[tuple[str, str]], apart: list[tuple[str, str]] = (), runs: list[tuple[str, str]] = ()
+) -> pd.DataFrame:
     """The series' points and those trained elsewhere, as ``size_series.csv`` holds them."""
     rows = [r for label, work in series for r in point_rows(label, work)]
     rows += [r for label, work in apart for r in point_rows(label, work, apart=True)]
     if not rows:
         raise HarnessError("sizes: no point has an accept-rate sweep in its eval.json")
-    return pd.DataFrame(rows).sort_values(["pretrained_elsewhere", "parameters", "prompts", "k"], ignore_index=True)
+    table = pd.DataFrame(rows)
+    for label, run in runs:
+        if label not in set(table["model"]):
+            raise HarnessError(f"sizes: --run {label}=...: no point is labelled '{label}'")
+        for column, value in greedy_humaneval(label, run).items():
+            table.loc[table["model"] == label, column] = value
+    return table.sort_values(["pretrained_elsewhere", "parameters", "prompts", "k"], ignore_index=True)
 
 
 def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
@@ -100,10 +127,12 @@ def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
     return save(fig, out)
 
 
-def write_size_series(series: list[tuple[str, str]], apart: list[tuple[str, str]], out: str | Path) -> list[Path]:
+def write_size_series(
+    series: list[tuple[str, str]], apart: list[tuple[str, str]], out: str | Path, runs: list[tuple[str, str]] = ()
+) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    table = size_table(series, apart)
+    table = size_table(series, apart, runs)
     csv = out / "size_series.csv"
     table.to_csv(csv, index=False, float_format="%.4f")
     return [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]

@@ -206,8 +206,14 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     from harness.cli import main
 
     out = tmp_path / "sizes"
-    assert main(["sizes", f"toy={tiny_recipe}", "--apart", f"elsewhere={tiny_recipe}", "--out", str(out)]) == 0
+    # a committed, scored greedy HumanEval run stands in for the toy model's own
+    run = Path(__file__).resolve().parent.parent / "reports/retrofit/humaneval-greedy-cpu/smollm2-sdsat-greedy"
+    points = [f"toy={tiny_recipe}", "--apart", f"elsewhere={tiny_recipe}"]
+    assert main(["sizes", *points, "--run", f"toy={run}", "--out", str(out)]) == 0
     table = pd.read_csv(out / "size_series.csv")
+    toy = table[table["model"] == "toy"]
+    assert toy["pass@1"].round(4).eq(0.0671).all() and toy["repeated_line_share"].notna().all()
+    assert table[table["model"] == "elsewhere"]["pass@1"].isna().all()
     assert {"model", "parameters", "prompts", "k", "accept_rate", "tokens_per_forward", "loss_change"} <= set(table)
     assert set(table["k"]) == {1, 2, 3, 4} and table["parameters"].gt(0).all()
     assert set(table["prompts"]) == {"HumanEval", "generic code (held out)"}
@@ -216,6 +222,8 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     assert main(["sizes", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no readable" in err and "evaluate stage" in err and len(err.splitlines()) == 1
+    assert main(["sizes", f"toy={tiny_recipe}", "--run", f"other={run}", "--out", str(out)]) == 2
+    assert "no point is labelled 'other'" in capsys.readouterr().err
 
 
 def test_sdsat_steps_fix_the_fine_tune_alone(tmp_path):
