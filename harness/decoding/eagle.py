@@ -190,28 +190,30 @@ class EagleDecoder:
         """Read the prompt's (feature, next token) pairs: every position but the last, whose feature the
         first loop's pass makes."""
         if prompt_hidden is not None:
-            self._pass(prompt_hidden, prompt_ids[1:], prefill=True)
+            self._pass(prompt_hidden, self._ids(prompt_ids[1:]), prefill=True)
 
     def propose(self, hidden: torch.Tensor, next_tokens: list[int], depth: int) -> torch.Tensor:
-        """Commit the accepted path's pairs, then draft ``depth`` tokens on the drafter's own features."""
-        logits, feature = self._pass(hidden, next_tokens)
+        """Commit the accepted path's pairs, then draft ``depth`` tokens on the drafter's own features.
+        Each draft's token stays on the device (no host round trip between the drafter's passes)."""
+        logits, feature = self._pass(hidden, self._ids(next_tokens))
         committed = self.cache.length
         rows = [logits]
         for _ in range(depth - 1):
-            logits, feature = self._pass(feature[None], [int(torch.argmax(logits))])
+            logits, feature = self._pass(feature[None], torch.argmax(logits).view(1, 1))
             rows.append(logits)
         self.cache.crop(committed)
         return torch.stack(rows)
 
+    def _ids(self, tokens: list[int]) -> torch.Tensor:
+        return torch.tensor([tokens], dtype=torch.long, device=self.lm.device)
+
     @torch.no_grad()
-    def _pass(self, features: torch.Tensor, tokens: list[int], prefill: bool = False):
-        """One drafter pass over (feature, token) pairs at the next positions: its last position's
-        logits and predicted feature."""
-        engine, device = self.draft.engine, self.lm.device
+    def _pass(self, features: torch.Tensor, ids: torch.Tensor, prefill: bool = False):
+        """One drafter pass over (feature, token) pairs (``ids``: 1 x m) at the next positions: its last
+        position's logits and predicted feature."""
         self.draft.model.feed(features)
-        start = self.cache.length
-        ids = torch.tensor([tokens], dtype=torch.long, device=device)
-        positions = torch.arange(start, start + len(tokens), device=device)[None]
-        out = engine.forward(self.cache, ids, positions, logits_to_keep=1 if prefill else 0, prefill=prefill)[-1]
+        start, m = self.cache.length, ids.shape[1]
+        positions = torch.arange(start, start + m, device=self.lm.device)[None]
+        out = self.draft.engine.forward(self.cache, ids, positions, logits_to_keep=1 if prefill else 0, prefill=prefill)
         self.draft.model.wide = None
-        return out[: self.vocab], out[self.vocab :]
+        return out[-1, : self.vocab], out[-1, self.vocab :]
