@@ -94,6 +94,7 @@ def test_wheel_ships_the_task_configs(tmp_path):
         "paper-nucleus.yaml",
         "paper-accuracy.yaml",
         "peers.yaml",
+        "peers-frozen.yaml",
     }
     # every subpackage and the training launch configs (harness.engine was once left out of the list)
     for package in ("harness/engine/", "harness/decoding/", "harness/execution/", "harness/training/"):
