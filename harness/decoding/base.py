@@ -47,6 +47,13 @@ def check_room(config, prompt_tokens: int, max_new_tokens: int, block: int = 1) 
         )
 
 
+def check_same_vocabulary(draft, target) -> None:
+    """A draft model (``sps``, ``hf-assisted``) proposes token ids the target reads as its own: the two
+    must share a vocabulary (LoadedModels; one line where they do not)."""
+    if len(draft.tokenizer) != len(target.tokenizer):
+        raise HarnessError(f"draft model '{draft.name}' has another vocabulary than '{target.name}'")
+
+
 @dataclass
 class LoopRecord:
     """One decode loop: drafts verified, drafts accepted (and kept by the sink), tokens emitted,

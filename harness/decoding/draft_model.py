@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import torch
 
-from harness.decoding.base import Generation, SamplingParams, StopCondition
+from harness.decoding.base import Generation, SamplingParams, StopCondition, check_same_vocabulary
 from harness.decoding.sdsat import verify_drafted_chain
 from harness.decoding.session import DecodeSession
 from harness.decoding.trees import DraftTree
@@ -33,8 +33,7 @@ class DraftModelDecoder:
     def __init__(self, lm: LoadedModel, draft: LoadedModel, k: int):
         if k < 1:
             raise HarnessError(f"sps needs k >= 1 (draft tokens a loop), got {k}")
-        if len(draft.tokenizer) != len(lm.tokenizer):
-            raise HarnessError(f"draft model '{draft.name}' has another vocabulary than '{lm.name}'")
+        check_same_vocabulary(draft, lm)
         self.lm, self.draft, self.k = lm, draft, k
         self.chain = DraftTree.parse("chain", k)
 

@@ -29,7 +29,15 @@ from collections.abc import Sequence
 import torch
 from transformers import StaticCache, StoppingCriteria, StoppingCriteriaList
 
-from harness.decoding.base import Generation, SamplingParams, Stats, StopCondition, TokenSink, check_room
+from harness.decoding.base import (
+    Generation,
+    SamplingParams,
+    Stats,
+    StopCondition,
+    TokenSink,
+    check_room,
+    check_same_vocabulary,
+)
 from harness.device import Timer, synchronize
 from harness.engine import attention_kernels, static_capacity
 from harness.errors import HarnessError
@@ -90,8 +98,8 @@ class HfGenerateDecoder:
         prompt_lookup_num_tokens: int | None = None,
         assistant: LoadedModel | None = None,
     ):
-        if assistant is not None and len(assistant.tokenizer) != len(lm.tokenizer):
-            raise HarnessError(f"draft model '{assistant.name}' has another vocabulary than '{lm.name}'")
+        if assistant is not None:
+            check_same_vocabulary(assistant, lm)
         self.lm = lm
         self.name = name
         self.prompt_lookup_num_tokens = prompt_lookup_num_tokens
