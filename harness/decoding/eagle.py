@@ -20,21 +20,25 @@ the features a pass reads are copied into a buffer at a fixed address that the c
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig, LlamaModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from harness import engine as engines
 from harness.decoding.base import Generation, SamplingParams, StopCondition
-from harness.decoding.features import feature_drafting_loop, vocabulary, with_hidden
-from harness.decoding.medusa import CONFIG, WEIGHTS, drafter_config, drafting_trees
+from harness.decoding.features import (
+    drafting_trees,
+    feature_drafting_loop,
+    load_drafter,
+    save_drafter,
+    vocabulary,
+    with_hidden,
+)
 from harness.decoding.session import DecodeSession
 from harness.errors import HarnessError
 from harness.models import LoadedModel
@@ -88,18 +92,14 @@ class EagleLayer(nn.Module):
         ).last_hidden_state
 
     def save(self, directory: Path, base: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS)
         config = {"kind": "eagle", "hidden": self.config.hidden_size, "layer": self.config.to_diff_dict(), "base": base}
-        (directory / CONFIG).write_text(json.dumps(config))
+        save_drafter(self, directory, config)
 
 
 def load_layer(directory: str | Path, lm: LoadedModel) -> EagleLayer:
     """An EAGLE layer saved by :meth:`EagleLayer.save`, checked against ``lm``'s hidden size."""
-    directory, config = drafter_config(directory, "eagle", lm)
-    layer = EagleLayer(LlamaConfig(**{**layer_config(lm.model.config).to_dict(), **config["layer"]}))
-    layer.load_state_dict(load_file(directory / WEIGHTS))
-    return layer.to(lm.device, lm.dtype).eval()
+    shape = layer_config(lm.model.config).to_dict()
+    return load_drafter(directory, "eagle", lm, lambda config: EagleLayer(LlamaConfig(**{**shape, **config["layer"]})))
 
 
 class EagleStep(nn.Module):

@@ -15,11 +15,15 @@ pending token alone."""
 
 from __future__ import annotations
 
+import json
 import weakref
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -29,7 +33,12 @@ from harness.decoding.fused import ROOT_ONLY
 from harness.decoding.sdsat import tree_tokens, walk_tree
 from harness.decoding.session import DecodeSession
 from harness.decoding.trees import DraftTree
+from harness.errors import HarnessError
 from harness.models import LoadedModel
+
+# A trained drafter's directory (``--drafter``): its settings and its weights.
+CONFIG = "drafter.json"
+WEIGHTS = "drafter.safetensors"
 
 
 class WithHidden(nn.Module):
@@ -116,3 +125,42 @@ def feature_drafting_loop(s: DecodeSession, tree: DraftTree, drafter: FeatureDra
                 next_tokens = [tokens[n] for n in path] + [bonus]
                 draft_logits = drafter.propose(out[accepted, vocab:], next_tokens, tree.depth)
     return s.result(t)
+
+
+def save_drafter(drafter: nn.Module, directory: Path, config: dict) -> None:
+    """``drafter``'s weights and ``config`` (its ``kind``, ``hidden`` size and shape) as a ``--drafter``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in drafter.state_dict().items()}, directory / WEIGHTS)
+    (directory / CONFIG).write_text(json.dumps(config))
+
+
+def load_drafter(directory: str | Path, kind: str, lm: LoadedModel, build: Callable[[dict], nn.Module]) -> nn.Module:
+    """The drafter of ``kind`` saved in ``directory`` (built from its config by ``build``), checked against
+    ``lm``'s hidden size, on ``lm``'s device and dtype. ``directory`` is the drafter's own, or a training
+    work directory that holds one per decoder (``W/medusa``, ``W/eagle``), so that one ``--drafter``
+    serves a run of both."""
+    directory = Path(directory)
+    if not (directory / CONFIG).exists() and (directory / kind / CONFIG).exists():
+        directory = directory / kind
+    try:
+        config = json.loads((directory / CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise HarnessError(f"drafter {directory}: no readable {CONFIG} ({type(exc).__name__})") from None
+    if config.get("kind") != kind:
+        raise HarnessError(f"drafter {directory}: a '{config.get('kind')}' drafter, not a '{kind}' one")
+    hidden = lm.model.config.hidden_size
+    if config["hidden"] != hidden:
+        raise HarnessError(
+            f"drafter {directory}: a drafter of hidden size {config['hidden']}, model '{lm.name}' has {hidden}"
+        )
+    drafter = build(config)
+    drafter.load_state_dict(load_file(directory / WEIGHTS))
+    return drafter.to(lm.device, lm.dtype).eval()
+
+
+def drafting_trees(tree: str | None, k: int) -> dict[bool, DraftTree]:
+    """The candidates' shape, greedy (a chain of k) or sampling (``--tree``, default SDSAT's)."""
+    try:
+        return {True: DraftTree.parse("chain", k), False: DraftTree.parse(tree, k)}
+    except ValueError as exc:
+        raise HarnessError(f"draft tree: {exc}") from None

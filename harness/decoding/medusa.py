@@ -15,23 +15,17 @@ SDSAT/Medusa tree shapes for sampling).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from harness.decoding.base import Generation, SamplingParams, StopCondition
-from harness.decoding.features import feature_drafting_loop, with_hidden
+from harness.decoding.features import drafting_trees, feature_drafting_loop, load_drafter, save_drafter, with_hidden
 from harness.decoding.session import DecodeSession
-from harness.decoding.trees import DraftTree
 from harness.errors import HarnessError
 from harness.models import LoadedModel
-
-CONFIG = "drafter.json"
-WEIGHTS = "drafter.safetensors"
 
 
 class MedusaHeads(nn.Module):
@@ -51,49 +45,13 @@ class MedusaHeads(nn.Module):
         return torch.stack([hidden + nn.functional.silu(block(hidden)) for block in self.blocks])
 
     def save(self, directory: Path, base: str) -> None:
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, directory / WEIGHTS)
         hidden = self.blocks[0].in_features
-        (directory / CONFIG).write_text(
-            json.dumps({"kind": "medusa", "heads": self.count, "hidden": hidden, "base": base})
-        )
-
-
-def drafter_config(directory: str | Path, kind: str, lm: LoadedModel) -> tuple[Path, dict]:
-    """A trained drafter's directory and ``drafter.json``, checked to be of ``kind`` and of ``lm``'s
-    hidden size. ``directory`` is the drafter's own, or a training work directory that holds one per
-    decoder (``W/medusa``, ``W/eagle``), so that one ``--drafter`` serves a run of both."""
-    directory = Path(directory)
-    if not (directory / CONFIG).exists() and (directory / kind / CONFIG).exists():
-        directory = directory / kind
-    try:
-        config = json.loads((directory / CONFIG).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise HarnessError(f"drafter {directory}: no readable {CONFIG} ({type(exc).__name__})") from None
-    if config.get("kind") != kind:
-        raise HarnessError(f"drafter {directory}: a '{config.get('kind')}' drafter, not a '{kind}' one")
-    hidden = lm.model.config.hidden_size
-    if config["hidden"] != hidden:
-        raise HarnessError(
-            f"drafter {directory}: a drafter of hidden size {config['hidden']}, model '{lm.name}' has {hidden}"
-        )
-    return directory, config
-
-
-def drafting_trees(tree: str | None, k: int) -> dict[bool, DraftTree]:
-    """The candidates' shape, greedy (a chain of k) or sampling (``--tree``, default SDSAT's)."""
-    try:
-        return {True: DraftTree.parse("chain", k), False: DraftTree.parse(tree, k)}
-    except ValueError as exc:
-        raise HarnessError(f"draft tree: {exc}") from None
+        save_drafter(self, directory, {"kind": "medusa", "heads": self.count, "hidden": hidden, "base": base})
 
 
 def load_heads(directory: str | Path, lm: LoadedModel) -> MedusaHeads:
     """Medusa heads saved by :meth:`MedusaHeads.save`, checked against ``lm``'s hidden size."""
-    directory, config = drafter_config(directory, "medusa", lm)
-    heads = MedusaHeads(config["hidden"], config["heads"])
-    heads.load_state_dict(load_file(directory / WEIGHTS))
-    return heads.to(lm.device, lm.dtype).eval()
+    return load_drafter(directory, "medusa", lm, lambda config: MedusaHeads(config["hidden"], config["heads"]))
 
 
 class MedusaDecoder:
