@@ -297,11 +297,12 @@ def test_grown_rows_start_at_the_mean_and_leave_the_base_rows(bases):
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])  # rotary positions; learned ones
 def test_drafters_train_on_the_frozen_base_and_decode_exactly(architecture, bases, tmp_path, capsys):
     """Stages medusa and eagle: heads and a layer trained on the unchanged base from the retrofit's
-    tokens (FIM documents hold ids the base lacks: left out), saved in one work directory that, as a
-    --drafter, the medusa and eagle decoders run token-identical to ar."""
+    tokens, saved in one work directory that, as a --drafter, the medusa and eagle decoders run
+    token-identical to ar. Plain documents only (--fim-rate 0): three steps of two windows from this
+    package's sources could all fall inside FIM documents, which count for nothing (the next test)."""
     base = bases[architecture]
     stages = "corpus,tokenizer,tokens,medusa,eagle"
-    assert _train(capsys, base, tmp_path / "w", "--stages", stages, "--medusa-heads", "3") == 0
+    assert _train(capsys, base, tmp_path / "w", "--stages", stages, "--medusa-heads", "3", "--fim-rate", "0") == 0
     assert json.loads((tmp_path / "w" / "medusa" / "drafter.json").read_text())["heads"] == 3
     for kind in ("medusa", "eagle"):
         weights = load_file(tmp_path / "w" / kind / "drafter.safetensors").values()
@@ -317,3 +318,30 @@ def test_drafters_train_on_the_frozen_base_and_decode_exactly(architecture, base
         for k in (1, 3):
             drafter = make_decoder(kind, lm, k=k, drafter=str(tmp_path / "w"))
             assert drafter.generate(ids, stop, SamplingParams()).tokens == ar
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_drafter_losses_count_only_positions_the_base_can_read(kind, bases):
+    """FIM-formatted positions (ids the base lacks) are left out of a drafter's losses; a batch of them
+    alone counts for nothing: a finite zero loss and no gradient, never NaN (which poisoned every weight)."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.training.eagle import EagleTrainee
+    from harness.training.medusa import MedusaTrainee
+
+    base = AutoModelForCausalLM.from_pretrained(bases["llama"])
+    torch.manual_seed(0)
+    trainee = MedusaTrainee(base, heads=2) if kind == "medusa" else EagleTrainee(base)
+    for p in trainee.drafter.parameters():  # random, so that every loss has a gradient
+        torch.nn.init.normal_(p, std=0.1)
+    x = torch.randint(0, base.config.vocab_size, (2, 16))
+    none = trainee(x, torch.zeros_like(x, dtype=torch.bool))
+    none["loss"].backward()
+    assert none["loss"].item() == 0.0
+    grads = [p.grad for p in trainee.drafter.parameters() if p.grad is not None]  # (eagle's unused embedding: none)
+    assert grads and not any(g.any() for g in grads)
+    valid = torch.zeros_like(x, dtype=torch.bool)
+    valid[0] = True  # the first window plain, the second FIM-formatted
+    assert torch.isfinite(trainee(x, valid)["loss"]) and trainee(x, valid)["loss"] > 0
+    half = trainee(x[:1], None)["loss"]  # what the plain window alone gives
+    assert torch.allclose(trainee(x, valid)["loss"], half, atol=1e-5)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.decoding.eagle import EagleLayer, layer_config
+from harness.training.train import masked_mean
 
 REGRESSION_WEIGHT, CLASSIFICATION_WEIGHT = 1.0, 0.1
 
@@ -49,6 +50,6 @@ class EagleTrainee(nn.Module):
             classification = -(target * logits.log_softmax(-1)).sum(-1)
         else:  # the corpus token at t + 2
             classification = F.cross_entropy(logits.transpose(1, 2), x[:, 2 : 2 + span], reduction="none")
-        mask = valid[:, 1 : 1 + span] if valid is not None else torch.ones_like(regression, dtype=torch.bool)
-        reg, cls = regression[mask].mean(), classification[mask].mean()
+        mask = valid[:, 1 : 1 + span] if valid is not None else None
+        reg, cls = masked_mean(regression, mask), masked_mean(classification, mask)
         return {"loss": REGRESSION_WEIGHT * reg + CLASSIFICATION_WEIGHT * cls, "regression": reg, "classification": cls}

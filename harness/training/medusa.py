@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.decoding.medusa import MedusaHeads
+from harness.training.train import masked_mean
 
 HEAD_DECAY = 0.8
 
@@ -49,7 +50,7 @@ class MedusaTrainee(nn.Module):
                 per_position = F.cross_entropy(
                     logits.transpose(1, 2), x[:, 1 + j : 1 + j + logits.shape[1]], reduction="none"
                 )
-            loss = per_position[mask].mean() if mask is not None else per_position.mean()
+            loss = masked_mean(per_position, mask)
             losses[f"head_{j}"] = loss
             total = total + HEAD_DECAY ** (j - 1) * loss
         return {"loss": total, **losses}

@@ -48,6 +48,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of ``values`` where ``mask`` holds (all of them for None); 0, with no gradient, where it
+    holds nowhere: a drafter's batch of FIM-formatted windows alone, which its base cannot read, counts
+    for nothing (a plain mean over no positions is NaN, which would poison every weight)."""
+    if mask is None:
+        return values.mean()
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
 def step_losses(
     model, x: torch.Tensor, cfg: TrainConfig, adaptive_ids: list[int] | None, gen=None, teacher=None, fim=None
 ) -> dict:
