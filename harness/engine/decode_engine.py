@@ -13,6 +13,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from harness.config import ENGINES
 from harness.engine.cache import KVCache, static_capacity
+from harness.engine.fusion import is_fused
 from harness.engine.masks import additive_mask, static_mask
 
 # Compilations of our decode step (one per block size: a sweep over k needs more than dynamo's
@@ -84,7 +85,7 @@ class DecodeEngine:
         is not sdpa)."""
         attention = getattr(self.model.config, "_attn_implementation", "sdpa")
         attention = "" if attention == "sdpa" else f", {attention} attention"
-        if any(getattr(m, "fused_projections", 0) for m in self.model.modules()):
+        if is_fused(self.model):
             attention += ", fused Q/K/V and gate/up projections"
         if self.mode == "eager":
             return f"sdsat-bench engine eager: dynamic cache{attention}"

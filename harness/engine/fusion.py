@@ -85,8 +85,12 @@ def fuse_projections(model: nn.Module) -> int:
             del module.gate_proj, module.up_proj
             module.__class__ = FusedLlamaMLP
             fused += 1
-    model.fused_projections = fused + getattr(model, "fused_projections", 0)
     return fused
+
+
+def is_fused(model: nn.Module) -> bool:
+    """Whether ``model`` (or a model it wraps) has fused projections."""
+    return any(isinstance(m, (FusedLlamaAttention, FusedLlamaMLP)) for m in model.modules())
 
 
 def _plain(*linears: nn.Module) -> bool:
