@@ -70,9 +70,7 @@ RUN_COLUMNS = ("pass@1", "pass@1_lo", "pass@1_hi", "repeated_line_share")
 
 def greedy_humaneval(label: str, run: str | Path) -> dict:
     """pass@1 and the repeated-line share of a run's greedy ``ar`` HumanEval row."""
-    from harness.results import RunDirectory
-
-    summary = RunDirectory(run).path / "summary.csv"
+    summary = Path(run) / "summary.csv"
     if not summary.exists():
         raise HarnessError(f"{label}: {summary} is missing (a run directory, scored and reported?)")
     table = pd.read_csv(summary)

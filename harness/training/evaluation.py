@@ -85,6 +85,33 @@ def humaneval_stop() -> tuple[str, ...]:
     return get_task("humaneval").stop
 
 
+def acceptance_sweeps(lm, humaneval_path: str | None, corpus_dir: Path, limit: int, max_new_tokens: int, log) -> dict:
+    """eval.json's ``humaneval_greedy`` and ``heldout_greedy``: the two-step greedy decoder at
+    k = 0..min(EVAL_MAX_K, the model's max k) on up to ``limit`` HumanEval prompts and as many generic
+    code prompts, each set without the prompts that would pass the model's positions (``left_out``)."""
+    max_k = min(EVAL_MAX_K, lm.adaptive.max_k)
+    sets = {
+        "humaneval_greedy": (humaneval_prompts(humaneval_path, limit), humaneval_stop()),
+        "heldout_greedy": (heldout_prompts(corpus_dir, limit), ()),
+    }
+    out = {}
+    for name, (prompts, stop) in sets.items():
+        fitting = _fitting(lm, prompts, max_new_tokens + max_k + 1)
+        out[name] = {
+            **greedy_sweep(lm, fitting, max_k, max_new_tokens, stop, log),
+            "left_out": len(prompts) - len(fitting),
+        }
+    return out
+
+
+def _fitting(lm, prompts: list[str], room: int) -> list[str]:
+    """The prompts that leave ``room`` positions within the model's limit (GPT-2-like: learned ones)."""
+    from harness.prompting import encode
+
+    limit = getattr(lm.model.config, "max_position_embeddings", None)
+    return [p for p in prompts if not limit or len(encode(lm.tokenizer, p)) + room <= limit]
+
+
 @torch.no_grad()
 def heldout_metrics(
     model,

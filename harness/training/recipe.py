@@ -17,11 +17,9 @@ from harness.training.config import RecipeConfig
 from harness.training.corpus import read_corpus
 from harness.training.data import encode_documents
 from harness.training.evaluation import (
-    EVAL_MAX_K,
+    acceptance_sweeps,
     greedy_acceptance,
-    greedy_sweep,
     heldout_metrics,
-    heldout_prompts,
     humaneval_prompts,
     humaneval_stop,
 )
@@ -196,10 +194,8 @@ def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
         results["parameters"][name] = sum(p.numel() for p in lm.model.parameters())
         log(f"[evaluate] {name}: {results[name]}")
     # lm is the SDSAT model now
-    max_k, new = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_max_new_tokens
-    humaneval = humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts)
-    results["humaneval_greedy"] = greedy_sweep(lm, humaneval, max_k, new, humaneval_stop(), log)
-    generic = heldout_prompts(work / "corpus", cfg.eval_prompts)
-    results["heldout_greedy"] = greedy_sweep(lm, generic, max_k, new, (), log)
+    results.update(
+        acceptance_sweeps(lm, cfg.humaneval_path, work / "corpus", cfg.eval_prompts, cfg.eval_max_new_tokens, log)
+    )
     (work / "eval.json").write_text(json.dumps(results, indent=1))
     return results

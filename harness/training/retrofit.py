@@ -37,14 +37,7 @@ from harness.training.checkpoint import save_checkpoint
 from harness.training.config import RecipeConfig
 from harness.training.corpus import corpus_from_documents, read_corpus
 from harness.training.data import encode_documents, fim_positions
-from harness.training.evaluation import (
-    EVAL_MAX_K,
-    greedy_sweep,
-    heldout_metrics,
-    heldout_prompts,
-    humaneval_prompts,
-    humaneval_stop,
-)
+from harness.training.evaluation import acceptance_sweeps, heldout_metrics
 from harness.training.stages import StageRunner
 from harness.training.train import train
 from harness.vocabulary import ADAPTIVE_INITS, Extension, adaptive_init, extend_tokenizer
@@ -285,14 +278,6 @@ class _Retrofit(StageRunner):
         write_card(self.sdsat_dir / "README.md", self.cfg, self.work, results)
 
 
-def _fitting(lm, prompts: list[str], room: int) -> list[str]:
-    """The prompts that leave ``room`` positions within the model's limit (GPT-2-like: learned ones)."""
-    from harness.prompting import encode
-
-    limit = getattr(lm.model.config, "max_position_embeddings", None)
-    return [p for p in prompts if not limit or len(encode(lm.tokenizer, p)) + room <= limit]
-
-
 def _adapters_off(peft_model):
     def teacher(x: torch.Tensor) -> torch.Tensor:
         training = peft_model.training
@@ -339,14 +324,8 @@ def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device
     for name in ("base", "sdsat"):
         log(f"[evaluate] {name}: {results[name]}")
     results["parameters"]["sdsat"] = sum(p.numel() for p in lm.model.parameters())
-    max_k, new = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_max_new_tokens
-    room = new + max_k + 1
-    for name, prompts, stop in (
-        ("humaneval_greedy", humaneval_prompts(cfg.humaneval_path, cfg.eval_prompts), humaneval_stop()),
-        ("heldout_greedy", heldout_prompts(work / "corpus", cfg.eval_prompts), ()),
-    ):
-        fitting = _fitting(lm, prompts, room)
-        # left out: longer than the model's positions allow
-        results[name] = {**greedy_sweep(lm, fitting, max_k, new, stop, log), "left_out": len(prompts) - len(fitting)}
+    results.update(
+        acceptance_sweeps(lm, cfg.humaneval_path, work / "corpus", cfg.eval_prompts, cfg.eval_max_new_tokens, log)
+    )
     (work / "eval.json").write_text(json.dumps(results, indent=1))
     return results
