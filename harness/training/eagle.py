@@ -12,36 +12,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.decoding.eagle import EagleLayer, layer_config
-from harness.training.train import masked_mean
+from harness.training.train import FrozenBaseTrainee, masked_mean
 
 REGRESSION_WEIGHT, CLASSIFICATION_WEIGHT = 1.0, 0.1
 
 
-class EagleTrainee(nn.Module):
-    """The frozen base and the layer it trains; ``forward(x, valid)`` returns the losses."""
+class EagleTrainee(FrozenBaseTrainee):
+    """An EAGLE layer on the frozen base; ``forward(x, valid)`` returns the losses."""
 
     def __init__(self, base: nn.Module, distill: bool = True):
-        super().__init__()
-        self.base = base.eval().requires_grad_(False)
-        self.layer = EagleLayer(layer_config(base.config))
-        self.distill = distill
-        self.config = base.config
-
-    @property
-    def drafter(self) -> EagleLayer:
-        return self.layer
+        super().__init__(base, EagleLayer(layer_config(base.config)), distill)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
-        """``x`` (B, T) token ids; ``valid`` (B, T) bool: positions whose predictions count (None: all;
-        a retrofit's FIM-formatted documents hold ids the base lacks: they are clamped and left out)."""
-        x = x.clamp(max=self.base.get_input_embeddings().num_embeddings - 1)
+        x, features = self.read(x)
         lm_head = self.base.get_output_embeddings()
         with torch.no_grad():
-            features = self.base.get_decoder()(input_ids=x).last_hidden_state
             embeddings = self.base.get_input_embeddings()(x[:, 1:])
         span = x.shape[1] - (1 if self.distill else 2)  # positions t whose targets lie in the window
         positions = torch.arange(span, device=x.device)[None]
-        predicted = self.layer(features[:, :span], embeddings[:, :span], position_ids=positions)
+        predicted = self.drafter(features[:, :span], embeddings[:, :span], position_ids=positions)
         regression = F.smooth_l1_loss(predicted.float(), features[:, 1 : 1 + span].float(), reduction="none").mean(-1)
         logits = lm_head(predicted).float()
         if self.distill:  # the base's distribution at t + 1

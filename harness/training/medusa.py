@@ -11,35 +11,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.decoding.medusa import MedusaHeads
-from harness.training.train import masked_mean
+from harness.training.train import FrozenBaseTrainee, masked_mean
 
 HEAD_DECAY = 0.8
 
 
-class MedusaTrainee(nn.Module):
-    """The frozen base and the heads it trains; ``forward(x, valid)`` returns the losses."""
+class MedusaTrainee(FrozenBaseTrainee):
+    """Medusa heads on the frozen base; ``forward(x, valid)`` returns the losses."""
 
     def __init__(self, base: nn.Module, heads: int, distill: bool = True):
-        super().__init__()
-        self.base = base.eval().requires_grad_(False)
-        self.heads = MedusaHeads(base.config.hidden_size, heads)
-        self.distill = distill
-        self.config = base.config
-
-    @property
-    def drafter(self) -> MedusaHeads:
-        return self.heads
+        super().__init__(base, MedusaHeads(base.config.hidden_size, heads), distill)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
-        """``x`` (B, T) token ids; ``valid`` (B, T) bool: positions whose predictions count (None: all;
-        a retrofit's FIM-formatted documents hold ids the base lacks: they are clamped and left out)."""
-        x = x.clamp(max=self.base.get_input_embeddings().num_embeddings - 1)
+        x, hidden = self.read(x)
+        lm_head = self.base.get_output_embeddings()
         with torch.no_grad():
-            hidden = self.base.get_decoder()(input_ids=x).last_hidden_state
-            lm_head = self.base.get_output_embeddings()
             teacher = lm_head(hidden).float().log_softmax(-1) if self.distill else None
         losses, total = {}, 0.0
-        for j, state in enumerate(self.heads(hidden), start=1):
+        for j, state in enumerate(self.drafter(hidden), start=1):
             span = x.shape[1] - j - (0 if self.distill else 1)  # positions whose target is in the window
             logits = lm_head(state[:, :span]).float()
             mask = valid[:, : logits.shape[1]] if valid is not None else None

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator, DistributedType
+from torch import nn
 
 from harness.training.data import take_windows, window_starts
 from harness.training.sdsat_batches import IGNORE, batch_mask, build_naive_batch, build_sdsat_batch
@@ -55,6 +56,26 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     if mask is None:
         return values.mean()
     return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+class FrozenBaseTrainee(nn.Module):
+    """A drafter trained on a frozen base (the ``drafter`` mode: Medusa heads, an EAGLE layer);
+    ``forward(x, valid)`` returns the losses. ``valid`` (B, T) bool marks the positions whose predictions
+    count (None: all); a retrofit's FIM-formatted documents hold ids the base lacks: they are clamped
+    and left out."""
+
+    def __init__(self, base: nn.Module, drafter: nn.Module, distill: bool):
+        super().__init__()
+        self.base = base.eval().requires_grad_(False)
+        self.drafter = drafter
+        self.distill = distill  # targets: the base's own distribution, or the corpus tokens
+        self.config = base.config
+
+    def read(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` with ids the base lacks clamped, and the base's last hidden states over it."""
+        x = x.clamp(max=self.base.get_input_embeddings().num_embeddings - 1)
+        with torch.no_grad():
+            return x, self.base.get_decoder()(input_ids=x).last_hidden_state
 
 
 def step_losses(
