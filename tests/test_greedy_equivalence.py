@@ -92,13 +92,15 @@ def test_sps_greedy_equals_ar(seed, context_free):
     assert full.stats.accepted == 46 and full.stats.forward_passes == 16  # 15 loops of 3 + bonus, then 1 draft kept
 
 
+@pytest.mark.parametrize("decoder,make_drafter", [("medusa", medusa_drafter), ("eagle", eagle_drafter)])
 @pytest.mark.parametrize("seed,context_free,std", [(0, False, 0.3), (2, True, 0.0)])
-def test_medusa_greedy_equals_ar(tmp_path, seed, context_free, std):
-    """Medusa heads, random (drafts mostly wrong) or zero on a context-free model (every draft right),
-    over the base's hidden states read through the engine."""
+def test_feature_drafters_greedy_equal_ar(tmp_path, decoder, make_drafter, seed, context_free, std):
+    """Medusa heads and an EAGLE layer over the base's hidden states read through the engine (EAGLE's
+    with a cache of its own): random (drafts mostly wrong), or with std 0 zero heads and a layer that
+    passes the feature through, on a context-free model (every draft right)."""
     lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
-    drafter = medusa_drafter(lm, tmp_path, std=std)
-    assert sum(equal_to_ar(lm, make_decoder("medusa", lm, k=k, drafter=drafter)) for k in (1, 3, 5)) > 0
+    drafter = make_drafter(lm, tmp_path, std=std)
+    assert sum(equal_to_ar(lm, make_decoder(decoder, lm, k=k, drafter=drafter)) for k in (1, 3, 5)) > 0
 
 
 def test_medusa_refuses_missing_or_unfit_heads(tmp_path):
@@ -114,15 +116,6 @@ def test_medusa_refuses_missing_or_unfit_heads(tmp_path):
     wide.model.config.hidden_size = 64
     with pytest.raises(HarnessError, match="hidden size 32"):
         make_decoder("medusa", wide, k=2, drafter=drafter)
-
-
-@pytest.mark.parametrize("seed,context_free,std", [(0, False, 0.3), (2, True, 0.0)])
-def test_eagle_greedy_equals_ar(tmp_path, seed, context_free, std):
-    """An EAGLE layer, random (drafts mostly wrong) or passing the feature through on a context-free
-    model (every draft right), reading the base's features through the engine with a cache of its own."""
-    lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
-    drafter = eagle_drafter(lm, tmp_path, std=std)
-    assert sum(equal_to_ar(lm, make_decoder("eagle", lm, k=k, drafter=drafter)) for k in (1, 3, 5)) > 0
 
 
 def test_eagle_refuses_missing_or_unfit_drafters(tmp_path):
