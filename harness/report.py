@@ -216,7 +216,8 @@ def render(
     svg: bool = False,
 ) -> Path:
     """One run: its summary, figures and report.html (into the run directory unless ``out_dir``).
-    Several runs: each one's figures plus a side-by-side comparison with deltas against the first.
+    Several runs: each one's figures, a side-by-side comparison with deltas against the first, and
+    summary.csv stacking every run's rows (columns ``run`` and ``model``).
     ``svg``: every figure also as SVG, for papers."""
     runs = {}
     for d in run_dirs:
@@ -247,6 +248,15 @@ def render(
     else:
         comparison = compare_runs(tables)
         _write_tables(comparison, out, "comparison")
+        # Every column of every run in one table: runs on different models (a base's frozen-base peers
+        # beside its SDSAT fine-tune's decoders) read as one summary, each row saying its run and model.
+        models = {label: str(info.get("model_path")) for label, (_, info) in runs.items()}
+        stacked = pd.concat(
+            [t.assign(run=label, model=models[label]) for label, t in tables.items()], ignore_index=True
+        )
+        _write_tables(
+            stacked[["run", "model", *(c for c in stacked.columns if c not in ("run", "model"))]], out, "summary"
+        )
         differ = config_differences({label: info for label, (_, info) in runs.items()})
         if differ:
             warning = f"runs differ in configuration ({', '.join(differ)}): deltas compare unlike settings"

@@ -44,6 +44,9 @@ def test_report_compares_runs_with_deltas(run_dir, tmp_path, capsys):
     assert theirs["tokens_per_forward"].values == pytest.approx(mine["tokens_per_forward"].values / 2)
     assert (theirs["Δ tokens_per_forward"] < 0).all()
     assert (tmp_path / "cmp" / "report.html").exists()
+    stacked = pd.read_csv(tmp_path / "cmp" / "summary.csv")
+    assert list(stacked.columns[:2]) == ["run", "model"] and len(stacked) == len(cmp)
+    assert {"task", "decoder", "k", "speedup", "mean_accepted_length"} <= set(stacked.columns)
 
 
 def _quiet_copy(run_dir, dest):
