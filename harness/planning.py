@@ -22,8 +22,9 @@ def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
 
 def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[WorkUnit], list[WorkUnit]]:
     """One problem's units at one temperature: AR's, and every other decoder's (and the control)."""
-    from harness.decoding import decoder_spec
+    from harness.decoding import Options, decoder_options, decoder_spec
 
+    options = Options(**decoder_options(cfg))
     ar, rest = [], []
     samples = cfg.n_samples if temp > 0 else 1
     for decoder in cfg.decoders:
@@ -33,7 +34,7 @@ def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[Work
                 rest.append(WorkUnit(task, p.problem_id, decoder, 0, temp, "-", 0))
             continue
         accepts = cfg.accepts if spec.adaptive and temp > 0 else ("-",)
-        for k in spec.lengths(cfg.ks):
+        for k in spec.lengths(cfg.ks, options):
             for accept in accepts:
                 for s in range(samples):
                     (ar if decoder == "ar" else rest).append(WorkUnit(task, p.problem_id, decoder, k, temp, accept, s))

@@ -5,6 +5,7 @@ cache reservation for the whole run, and each decoder's warm-up before its first
 from __future__ import annotations
 
 import gc
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
@@ -12,10 +13,13 @@ from typing import TYPE_CHECKING
 from harness.config import DecodeConfig, ModelSpec, RunConfig
 from harness.decoding import (
     Decoder,
+    DecoderSpec,
     Generation,
+    Options,
     SamplingParams,
     Stats,
     StopCondition,
+    decoder_options,
     decoder_spec,
     is_control,
     make_decoder,
@@ -71,6 +75,7 @@ def load_models(
     for need in needs:
         if need.needs_draft_model and draft is None:
             raise missing_draft_model(need.name)  # before anything is generated
+    _say_reach(needs, tuple(ks), Options(**decoder_options(cfg)))
     if any(s.adaptive for s in needs):
         for k in ks:
             if k > 0:
@@ -78,9 +83,21 @@ def load_models(
     return lm, draft
 
 
-def decoder_options(cfg: RunConfig | DecodeConfig) -> dict:
-    """The generation settings that decoders are built with (each takes the part it understands)."""
-    return {"groups": cfg.groups, "window": cfg.window, "guesses": cfg.guesses, "drafter": cfg.drafter}
+def _say_reach(needs: list[DecoderSpec], ks: tuple[int, ...], options: Options) -> None:
+    """A decoder whose trained drafter drafts fewer than some of ``ks`` runs at the rest (a suite's k
+    grid serves decoders of every reach), said once; one that reaches none of them is an error."""
+    for need in needs:
+        asked, reached = need.lengths(ks), need.lengths(ks, options)
+        if asked == reached:
+            continue
+        beyond = ",".join(str(k) for k in asked if k not in reached)
+        if not reached:
+            raise HarnessError(f"decoder '{need.name}': k={beyond} is beyond its drafter (k <= {need.reach(options)})")
+        print(
+            f"sdsat-bench: note: '{need.name}' runs at k={','.join(map(str, reached))}; "
+            f"k={beyond} is beyond its drafter (k <= {need.reach(options)})",
+            file=sys.stderr,
+        )
 
 
 def for_decode(cfg: DecodeConfig) -> tuple[LoadedModel, Decoder, SamplingParams]:

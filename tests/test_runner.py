@@ -45,10 +45,11 @@ def test_run_writes_records_and_summary(capsys, tmp_path, tiny_checkpoint):
     assert (out / "summary.csv").exists() and (out / "summary.md").exists()
 
 
-def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint):
+def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint, capsys):
     """Each decoder of the registry beside the others in one run (their engines reserved and warmed
     up together: transformers' peers run no block of ours, sps brings a draft model, medusa heads and
-    an eagle layer read hidden states, from one --drafter directory), every greedy record identical to AR's."""
+    an eagle layer read hidden states, from one --drafter directory), every greedy record identical to AR's.
+    Medusa's two heads reach k=2, not 3: it runs at the k of the grid within its reach, the others at all."""
     from harness.models import load_model
     from tests.tiny import eagle_drafter, medusa_drafter
 
@@ -57,13 +58,19 @@ def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint):
     medusa_drafter(lm, tmp_path / "drafters" / "medusa", heads=2)
     eagle_drafter(lm, tmp_path / "drafters" / "eagle", std=0.1)
     decoders = "ar,sdsat,sdsat-fused,pld,lookahead,sps,medusa,eagle,hf,hf-pld,hf-assisted"
-    args = ["--tasks", "humaneval", "--decoders", decoders, "--k", "2", "--limit", "2", "--max-new-tokens", "6"]
+    args = ["--tasks", "humaneval", "--decoders", decoders, "--k", "2,3", "--limit", "2", "--max-new-tokens", "6"]
     extra = ["--draft-model", str(tiny_checkpoint), "--drafter", drafter, "--window", "3", "--guesses", "2"]
     out = tmp_path / "run"
     assert main(["run", "--model", str(tiny_checkpoint), *args, *extra, "--out", str(out)]) == 0
     records = _records(out)
     assert {r["decoder"] for r in records} == set(decoders.split(","))
     assert all(r["identical_to_ar"] for r in records if r["decoder"] != "ar")
+    assert {r["k"] for r in records if r["decoder"] == "medusa"} == {2}
+    assert {r["k"] for r in records if r["decoder"] == "eagle"} == {2, 3}
+    assert "'medusa' runs at k=2; k=3 is beyond its drafter (k <= 2)" in capsys.readouterr().err
+    beyond = ["--tasks", "humaneval", "--decoders", "ar,medusa", "--k", "3", "--limit", "1", "--drafter", drafter]
+    assert main(["run", "--model", str(tiny_checkpoint), *beyond, "--out", str(tmp_path / "beyond")]) == 2
+    assert "'medusa': k=3 is beyond its drafter (k <= 2)" in capsys.readouterr().err
 
 
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, tiny_checkpoint):

@@ -61,18 +61,27 @@ class DecoderSpec:
     # A control, not a decoder (``reference``): the dataset's reference solution scored as a completion
     # through the same prompt, assembly and sandbox, greedy only, where the data has one; nothing is built.
     control: bool = False
+    # The largest k its trained drafter drafts, given the options (medusa: one token per head); None: any.
+    reach: Callable[[Options], int | None] | None = None
 
     @property
     def takes_k(self) -> bool:
         """It runs at the draft lengths k of a run (``--k``)."""
         return self.draft_lengths != "none"
 
-    def lengths(self, ks: tuple[int, ...]) -> tuple[int, ...]:
-        if self.draft_lengths == "any":
-            return ks
-        if self.draft_lengths == "positive":
-            return tuple(k for k in ks if k > 0)
-        return (0,)
+    def lengths(self, ks: tuple[int, ...], options: Options | None = None) -> tuple[int, ...]:
+        """The k of ``ks`` it runs at; with ``options``, those within its drafter's reach."""
+        if self.draft_lengths == "none":
+            return (0,)
+        ks = ks if self.draft_lengths == "any" else tuple(k for k in ks if k > 0)
+        cap = self.reach(options) if self.reach is not None and options is not None else None
+        return ks if cap is None else tuple(k for k in ks if k <= cap)
+
+
+def decoder_options(cfg) -> dict:
+    """The generation settings of a run or decode configuration that decoders are built with (each
+    takes the part it understands)."""
+    return {"groups": cfg.groups, "window": cfg.window, "guesses": cfg.guesses, "drafter": cfg.drafter}
 
 
 def _ar(lm: LoadedModel, o: Options) -> Decoder:
@@ -121,6 +130,15 @@ def _medusa(lm: LoadedModel, o: Options) -> Decoder:
     return MedusaDecoder(lm, load_heads(o.drafter, lm), o.k, o.tree)
 
 
+def _medusa_reach(o: Options) -> int | None:
+    """Medusa drafts one token per trained head."""
+    if o.drafter is None:
+        return None  # building it says what is missing
+    from harness.decoding.features import read_drafter_config
+
+    return int(read_drafter_config(o.drafter, "medusa")[1]["heads"])
+
+
 def _eagle(lm: LoadedModel, o: Options) -> Decoder:
     from harness.decoding.eagle import EagleDecoder, load_layer
 
@@ -166,7 +184,7 @@ REGISTRY: dict[str, DecoderSpec] = {
         DecoderSpec("pld", _pld, "positive"),
         DecoderSpec("lookahead", _lookahead, "positive"),
         DecoderSpec("sps", _sps, "positive", needs_draft_model=True),
-        DecoderSpec("medusa", _medusa, "positive"),
+        DecoderSpec("medusa", _medusa, "positive", reach=_medusa_reach),
         DecoderSpec("eagle", _eagle, "positive"),
         DecoderSpec("hf", _hf),
         DecoderSpec("hf-pld", _hf_pld),

@@ -134,11 +134,9 @@ def save_drafter(drafter: nn.Module, directory: Path, config: dict) -> None:
     (directory / CONFIG).write_text(json.dumps(config))
 
 
-def load_drafter(directory: str | Path, kind: str, lm: LoadedModel, build: Callable[[dict], nn.Module]) -> nn.Module:
-    """The drafter of ``kind`` saved in ``directory`` (built from its config by ``build``), checked against
-    ``lm``'s hidden size, on ``lm``'s device and dtype. ``directory`` is the drafter's own, or a training
-    work directory that holds one per decoder (``W/medusa``, ``W/eagle``), so that one ``--drafter``
-    serves a run of both."""
+def read_drafter_config(directory: str | Path, kind: str) -> tuple[Path, dict]:
+    """The directory of the drafter of ``kind`` (``directory`` itself or its ``kind`` folder) and its
+    settings, checked to be that kind's."""
     directory = Path(directory)
     if not (directory / CONFIG).exists() and (directory / kind / CONFIG).exists():
         directory = directory / kind
@@ -146,8 +144,18 @@ def load_drafter(directory: str | Path, kind: str, lm: LoadedModel, build: Calla
         config = json.loads((directory / CONFIG).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise HarnessError(f"drafter {directory}: no readable {CONFIG} ({type(exc).__name__})") from None
-    if config.get("kind") != kind:
-        raise HarnessError(f"drafter {directory}: a '{config.get('kind')}' drafter, not a '{kind}' one")
+    if not isinstance(config, dict) or config.get("kind") != kind:
+        found = config.get("kind") if isinstance(config, dict) else None
+        raise HarnessError(f"drafter {directory}: a '{found}' drafter, not a '{kind}' one")
+    return directory, config
+
+
+def load_drafter(directory: str | Path, kind: str, lm: LoadedModel, build: Callable[[dict], nn.Module]) -> nn.Module:
+    """The drafter of ``kind`` saved in ``directory`` (built from its config by ``build``), checked against
+    ``lm``'s hidden size, on ``lm``'s device and dtype. ``directory`` is the drafter's own, or a training
+    work directory that holds one per decoder (``W/medusa``, ``W/eagle``), so that one ``--drafter``
+    serves a run of both."""
+    directory, config = read_drafter_config(directory, kind)
     hidden = lm.model.config.hidden_size
     if config["hidden"] != hidden:
         raise HarnessError(
