@@ -192,6 +192,12 @@ class ProbeConfig:
     ks: tuple[int, ...] = setting((3, 5, 7), "draft lengths of sdsat and sdsat-fused", flag="k", parse=_items(int))
     blocks: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128), "block sizes of the cost curve", parse=_items(int))
     repeats: int = setting(10, "timed repeats of each measurement (their median is kept)")
+    projections: str = setting(
+        "fused",
+        "fused (one matrix for q/k/v and one for gate/up on a GPU, as runs use) | separate (the shape's "
+        "own matrices: the baseline the fusion is measured against)",
+        choices=("fused", "separate"),
+    )
 
 
 DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name not in ("model", "tasks")}

@@ -111,7 +111,7 @@ def synthetic_model(cfg: ProbeConfig):
     torch.manual_seed(0)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype]).eval()
-    if device.type == "cuda":  # as load_model does for the compiled engine on a GPU
+    if device.type == "cuda" and cfg.projections == "fused":  # as load_model does for the compiled engine
         from harness.engine.fusion import fuse_projections
 
         fuse_projections(model)
