@@ -101,6 +101,9 @@ def test_feature_drafters_greedy_equal_ar(tmp_path, decoder, make_drafter, seed,
     lm = make_lm(seed=seed, context_free=context_free, init_range=0.5)
     drafter = make_drafter(lm, tmp_path, std=std)
     assert sum(equal_to_ar(lm, make_decoder(decoder, lm, k=k, drafter=drafter)) for k in (1, 3, 5)) > 0
+    if context_free:  # every draft right, at every depth: k accepted each loop after the first
+        stats = make_decoder(decoder, lm, k=5, drafter=drafter).generate(prompt_ids(lm, "abc"), STOPS[0], GREEDY).stats
+        assert all(loop.accepted == 5 for loop in stats.loops[1:-1]) and stats.accepted == stats.drafted
 
 
 def test_medusa_refuses_missing_or_unfit_heads(tmp_path):
