@@ -208,6 +208,39 @@ def _incomplete_warnings(runs: dict) -> list[tuple[str, str]]:
     return sections
 
 
+def _comparison_sections(runs: dict, tables: dict[str, pd.DataFrame], out: Path, svg: bool) -> list[tuple[str, str]]:
+    """Several runs: comparison.{csv,md} with deltas against the first, summary.{csv,md} stacking every
+    run's rows, and the page's sections (a warning where their settings differ, each run's figures)."""
+    sections: list[tuple[str, str]] = []
+    comparison = compare_runs(tables)
+    _write_tables(comparison, out, "comparison")
+    # Every column of every run in one table: runs on different models (a base's frozen-base peers
+    # beside its SDSAT fine-tune's decoders) read as one summary, each row saying its run and model.
+    models = {label: str(info.get("model_path")) for label, (_, info) in runs.items()}
+    stacked = pd.concat([t.assign(run=label, model=models[label]) for label, t in tables.items()], ignore_index=True)
+    _write_tables(stacked[["run", "model", *(c for c in stacked.columns if c not in ("run", "model"))]], out, "summary")
+    differ = config_differences({label: info for label, (_, info) in runs.items()})
+    if differ:
+        warning = f"runs differ in configuration ({', '.join(differ)}): deltas compare unlike settings"
+        print(f"sdsat-bench: warning: {warning}", file=sys.stderr)
+        sections.append(("Warning", f"<p><b>{html.escape(warning)}</b></p>"))
+    sections.append((f"Comparison (Δ against {next(iter(runs))})", _table_html(comparison)))
+    sections.append(("pass@k by run", _img(plot_pass_at_k(comparison, out / "pass_at_k.png", svg))))
+    for i, (label, (records, info)) in enumerate(runs.items()):
+        figures = _run_figures(_frame(records), tables[label], out, prefix=f"run{i}_", svg=svg)
+        machine = info.get("machine", {})
+        sections.append(
+            (
+                f"Run {label}",
+                f"<p>model {html.escape(str(info.get('model_path')))}; "
+                f"{html.escape(str(machine.get('devices') or machine.get('platform')))}</p>"
+                + _summary_html(tables[label])
+                + "".join(_img(f) for f in figures),
+            )
+        )
+    return sections
+
+
 def render(
     run_dirs: list[str],
     out_dir: str | None = None,
@@ -246,35 +279,6 @@ def render(
         sections.append(("Run", f"<pre>{html.escape(json.dumps(info, indent=1))}</pre>"))
         title = f"sdsat-bench: {label}"
     else:
-        comparison = compare_runs(tables)
-        _write_tables(comparison, out, "comparison")
-        # Every column of every run in one table: runs on different models (a base's frozen-base peers
-        # beside its SDSAT fine-tune's decoders) read as one summary, each row saying its run and model.
-        models = {label: str(info.get("model_path")) for label, (_, info) in runs.items()}
-        stacked = pd.concat(
-            [t.assign(run=label, model=models[label]) for label, t in tables.items()], ignore_index=True
-        )
-        _write_tables(
-            stacked[["run", "model", *(c for c in stacked.columns if c not in ("run", "model"))]], out, "summary"
-        )
-        differ = config_differences({label: info for label, (_, info) in runs.items()})
-        if differ:
-            warning = f"runs differ in configuration ({', '.join(differ)}): deltas compare unlike settings"
-            print(f"sdsat-bench: warning: {warning}", file=sys.stderr)
-            sections.append(("Warning", f"<p><b>{html.escape(warning)}</b></p>"))
-        sections.append((f"Comparison (Δ against {next(iter(runs))})", _table_html(comparison)))
-        sections.append(("pass@k by run", _img(plot_pass_at_k(comparison, out / "pass_at_k.png", svg))))
-        for i, (label, (records, info)) in enumerate(runs.items()):
-            figures = _run_figures(_frame(records), tables[label], out, prefix=f"run{i}_", svg=svg)
-            machine = info.get("machine", {})
-            sections.append(
-                (
-                    f"Run {label}",
-                    f"<p>model {html.escape(str(info.get('model_path')))}; "
-                    f"{html.escape(str(machine.get('devices') or machine.get('platform')))}</p>"
-                    + _summary_html(tables[label])
-                    + "".join(_img(f) for f in figures),
-                )
-            )
+        sections += _comparison_sections(runs, tables, out, svg)
         title = "sdsat-bench: " + " vs ".join(runs)
     return write_html(out, title, sections)
