@@ -75,8 +75,11 @@ def greedy_humaneval(label: str, run: str | Path) -> dict:
         raise HarnessError(f"{label}: {summary} is missing (a run directory, scored and reported?)")
     table = pd.read_csv(summary)
     row = table[(table["task"] == "humaneval") & (table["decoder"] == "ar") & (table["temperature"] == 0)]
-    if row.empty or pd.isna(row.iloc[0]["pass@1"]):
-        raise HarnessError(f"{label}: {summary} has no scored greedy ar row on humaneval")
+    if row.empty or "pass@1" not in row or pd.isna(row.iloc[0]["pass@1"]):  # unjudged: no pass@1 column
+        raise HarnessError(
+            f"{label}: {summary} has no scored greedy ar row on humaneval "
+            f"(judge it with sdsat-bench score {run} --allow-code-execution)"
+        )
     return {column: row.iloc[0][column] for column in RUN_COLUMNS}
 
 

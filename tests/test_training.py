@@ -224,6 +224,13 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     assert "no readable" in err and "evaluate stage" in err and len(err.splitlines()) == 1
     assert main(["sizes", f"toy={tiny_recipe}", "--run", f"other={run}", "--out", str(out)]) == 2
     assert "no point is labelled 'other'" in capsys.readouterr().err
+    unjudged = tmp_path / "unjudged"  # generated without --allow-code-execution: no pass@1 column at all
+    unjudged.mkdir()
+    summary = pd.read_csv(run / "summary.csv")
+    summary.drop(columns=[c for c in summary if c.startswith("pass@")]).to_csv(unjudged / "summary.csv", index=False)
+    assert main(["sizes", f"toy={tiny_recipe}", "--run", f"toy={unjudged}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "judge it with sdsat-bench score" in err and len(err.splitlines()) == 1
 
 
 def test_sdsat_steps_fix_the_fine_tune_alone(tmp_path):
