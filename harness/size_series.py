@@ -125,6 +125,11 @@ def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
         ax.set_ylabel("greedy accept rate (sdsat)")
         ax.set_title(prompt_set, fontsize=9)
         ax.grid(alpha=0.3)
+    # One parameter range on every panel, so that a point missing from one set (a retrofit evaluated
+    # before the generic prompts existed) does not shift its axis against the other's.
+    low, high = table["parameters"].min(), table["parameters"].max()
+    for ax in axes[: len(sets)]:
+        ax.set_xlim(low / 1.5, high * 1.5)
     return save(fig, out)
 
 
