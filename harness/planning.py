@@ -12,19 +12,26 @@ def plan(cfg: RunConfig, problems: dict[str, list]) -> list[WorkUnit]:
     """A problem's units run back to back. AR (k=0) comes first so that later records can say whether
     they equal it; the other decoders follow in alternating order, forward on even problems and reversed
     on odd ones, so that a machine slowing down or speeding up during a problem favours none of them."""
+    from harness.decoding import Options, decoder_options, decoder_spec
+
+    # Each decoder's draft lengths, once: a trained drafter's reach is read from its directory.
+    options = Options(**decoder_options(cfg))
+    lengths = {d: decoder_spec(d).lengths(cfg.ks, options) for d in cfg.decoders}
     units = []
     for n, (task, p) in enumerate((t, p) for t, ps in problems.items() for p in ps):
         for temp in cfg.temperatures:
-            ar, rest = _problem_units(cfg, task, p, temp)
+            ar, rest = _problem_units(cfg, lengths, task, p, temp)
             units += ar + (rest if n % 2 == 0 else rest[::-1])
     return units
 
 
-def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[WorkUnit], list[WorkUnit]]:
-    """One problem's units at one temperature: AR's, and every other decoder's (and the control)."""
-    from harness.decoding import Options, decoder_options, decoder_spec
+def _problem_units(
+    cfg: RunConfig, lengths: dict[str, tuple[int, ...]], task: str, p, temp: float
+) -> tuple[list[WorkUnit], list[WorkUnit]]:
+    """One problem's units at one temperature: AR's, and every other decoder's (and the control), each
+    decoder at its ``lengths``."""
+    from harness.decoding import decoder_spec
 
-    options = Options(**decoder_options(cfg))
     ar, rest = [], []
     samples = cfg.n_samples if temp > 0 else 1
     for decoder in cfg.decoders:
@@ -34,7 +41,7 @@ def _problem_units(cfg: RunConfig, task: str, p, temp: float) -> tuple[list[Work
                 rest.append(WorkUnit(task, p.problem_id, decoder, 0, temp, "-", 0))
             continue
         accepts = cfg.accepts if spec.adaptive and temp > 0 else ("-",)
-        for k in spec.lengths(cfg.ks, options):
+        for k in lengths[decoder]:
             for accept in accepts:
                 for s in range(samples):
                     (ar if decoder == "ar" else rest).append(WorkUnit(task, p.problem_id, decoder, k, temp, accept, s))

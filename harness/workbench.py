@@ -90,14 +90,11 @@ def _say_reach(needs: list[DecoderSpec], ks: tuple[int, ...], options: Options) 
         asked, reached = need.lengths(ks), need.lengths(ks, options)
         if asked == reached:
             continue
-        beyond = ",".join(str(k) for k in asked if k not in reached)
+        left_out = ",".join(str(k) for k in asked if k not in reached)
+        beyond = f"k={left_out} is beyond its drafter (k <= {need.reach(options)})"
         if not reached:
-            raise HarnessError(f"decoder '{need.name}': k={beyond} is beyond its drafter (k <= {need.reach(options)})")
-        print(
-            f"sdsat-bench: note: '{need.name}' runs at k={','.join(map(str, reached))}; "
-            f"k={beyond} is beyond its drafter (k <= {need.reach(options)})",
-            file=sys.stderr,
-        )
+            raise HarnessError(f"decoder '{need.name}': {beyond}")
+        print(f"sdsat-bench: note: '{need.name}' runs at k={','.join(map(str, reached))}; {beyond}", file=sys.stderr)
 
 
 def for_decode(cfg: DecodeConfig) -> tuple[LoadedModel, Decoder, SamplingParams]:
