@@ -27,13 +27,17 @@ def test_run_renders_a_self_contained_report(run_dir):
         assert (run_dir / name).exists(), name
 
 
+def _doctored_copy(run_dir, dest, change):
+    """A copy of the run whose every record went through ``change`` (a record -> the record it becomes)."""
+    shutil.copytree(run_dir, dest)
+    records = [json.loads(line) for line in (dest / "results.jsonl").read_text().splitlines()]
+    (dest / "results.jsonl").write_text("".join(json.dumps(change(r)) + "\n" for r in records))
+    return dest
+
+
 def test_report_compares_runs_with_deltas(run_dir, tmp_path, capsys):
-    other = tmp_path / "other"
-    shutil.copytree(run_dir, other)
-    records = [json.loads(line) for line in (other / "results.jsonl").read_text().splitlines()]
-    for r in records:
-        r["forward_passes"] *= 2  # a doctored run: half the tokens per forward pass
-    (other / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    # a doctored run: half the tokens per forward pass
+    other = _doctored_copy(run_dir, tmp_path / "other", lambda r: {**r, "forward_passes": r["forward_passes"] * 2})
     assert main(["report", str(run_dir), str(other), "--out", str(tmp_path / "cmp")]) == 0
     import pandas as pd
 
@@ -49,19 +53,10 @@ def test_report_compares_runs_with_deltas(run_dir, tmp_path, capsys):
     assert {"task", "decoder", "k", "speedup", "mean_accepted_length"} <= set(stacked.columns)
 
 
-def _quiet_copy(run_dir, dest):
-    """The run with its CPU times dropped: records without one are never noisy, so the pooled speedup
-    is gated whatever load the test machine had while the fixture ran."""
-    shutil.copytree(run_dir, dest)
-    records = [json.loads(line) for line in (dest / "results.jsonl").read_text().splitlines()]
-    (dest / "results.jsonl").write_text(
-        "".join(json.dumps({k: v for k, v in r.items() if k != "decode_cpu_s"}) + "\n" for r in records)
-    )
-    return dest
-
-
 def test_check_passes_on_its_baseline_and_fails_on_a_regression(run_dir, tmp_path, capsys):
-    run_dir = _quiet_copy(run_dir, tmp_path / "quiet")
+    # The run with its CPU times dropped: records without one are never noisy, so the pooled speedup is
+    # gated whatever load the test machine had while the fixture ran.
+    run_dir = _doctored_copy(run_dir, tmp_path / "quiet", lambda r: {k: v for k, v in r.items() if k != "decode_cpu_s"})
     baseline = tmp_path / "baseline.json"
     assert main(["check", str(run_dir), "--baseline", str(baseline), "--update-baseline"]) == 0
     assert main(["check", str(run_dir), "--baseline", str(baseline)]) == 0
