@@ -102,8 +102,8 @@ class GenerationSettings:
     guesses: int = setting(LOOKAHEAD_GUESSES, "lookahead's guess set G: n-gram candidates verified a loop", suite=True)
     drafter: str | None = setting(
         None,
-        "a trained drafter: medusa's heads or eagle's layer (its directory), or a training work directory "
-        "holding one per decoder (W/medusa, W/eagle)",
+        "a trained drafter: medusa's heads or eagle's layer (its directory), a training work directory "
+        "holding one per decoder (W/medusa, W/eagle), or default-base-drafters (shipped, for default-base)",
         parse=lambda v: v,
         suite=True,
     )

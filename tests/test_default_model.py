@@ -46,3 +46,15 @@ def test_smollm2_sdsat_retrofit_loads_on_its_wheel_base_and_decodes_losslessly()
     ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
     for name in ("sdsat", "sdsat-fused"):
         assert make_decoder(name, lm, k=5).generate(ids, stop, SamplingParams()).tokens == ar.tokens
+
+
+def test_shipped_drafters_decode_the_base_losslessly_and_accept_drafts():
+    """default-base-drafters: the Medusa heads and EAGLE layer trained on the GPU for default-base."""
+    lm = load_model("default-base")
+    ids = encode(lm.tokenizer, "def fibonacci(n):")
+    stop = StopCondition(48, (), lm.eos_token_ids)
+    ar = make_decoder("ar", lm).generate(ids, stop, SamplingParams())
+    for name in ("medusa", "eagle"):
+        out = make_decoder(name, lm, k=5, drafter="default-base-drafters").generate(ids, stop, SamplingParams())
+        assert out.tokens == ar.tokens
+        assert out.stats.accepted > 0

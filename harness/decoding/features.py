@@ -28,6 +28,7 @@ from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from harness import engine as engines
+from harness import weights
 from harness.decoding.base import Generation
 from harness.decoding.fused import ROOT_ONLY
 from harness.decoding.sdsat import tree_tokens, walk_tree
@@ -137,7 +138,7 @@ def save_drafter(drafter: nn.Module, directory: Path, config: dict) -> None:
 def read_drafter_config(directory: str | Path, kind: str) -> tuple[Path, dict]:
     """The directory of the drafter of ``kind`` (``directory`` itself or its ``kind`` folder) and its
     settings, checked to be that kind's."""
-    directory = Path(directory)
+    directory = weights.resolve_drafter(directory)
     if not (directory / CONFIG).exists() and (directory / kind / CONFIG).exists():
         directory = directory / kind
     try:
