@@ -181,6 +181,8 @@ _TRAIN_HELP = {
     "compare_minutes": "stage 'compare': minutes per variant",
     "medusa_heads": "stage 'medusa' (named in --stages): Medusa-1 heads on the frozen base",
     "medusa_lr": "stage 'medusa': peak learning rate of the heads",
+    "medusa_own_projections": "stage 'medusa': each head its own vocabulary projection, started from the base's "
+    "LM head, as in the paper (default: the base's frozen LM head shared)",
     "eagle_lr": "stage 'eagle' (named in --stages): peak learning rate of the EAGLE layer on the frozen base",
 }
 _FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str, "float | None": float}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -92,7 +94,11 @@ def test_sps_greedy_equals_ar(seed, context_free):
     assert full.stats.accepted == 46 and full.stats.forward_passes == 16  # 15 loops of 3 + bonus, then 1 draft kept
 
 
-@pytest.mark.parametrize("decoder,make_drafter", [("medusa", medusa_drafter), ("eagle", eagle_drafter)])
+@pytest.mark.parametrize(
+    "decoder,make_drafter",
+    [("medusa", medusa_drafter), ("medusa", functools.partial(medusa_drafter, own=True)), ("eagle", eagle_drafter)],
+    ids=["medusa", "medusa-own-projections", "eagle"],
+)
 @pytest.mark.parametrize("seed,context_free,std", [(0, False, 0.3), (2, True, 0.0)])
 def test_feature_drafters_greedy_equal_ar(tmp_path, decoder, make_drafter, seed, context_free, std):
     """Medusa heads and an EAGLE layer over the base's hidden states read through the engine (EAGLE's

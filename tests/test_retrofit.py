@@ -320,7 +320,7 @@ def test_drafters_train_on_the_frozen_base_and_decode_exactly(architecture, base
             assert drafter.generate(ids, stop, SamplingParams()).tokens == ar
 
 
-@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+@pytest.mark.parametrize("kind", ["medusa", "medusa-own-projections", "eagle"])
 def test_drafter_losses_count_only_positions_the_base_can_read(kind, bases):
     """FIM-formatted positions (ids the base lacks) are left out of a drafter's losses; a batch of them
     alone counts for nothing: a finite zero loss and no gradient, never NaN (which poisoned every weight)."""
@@ -331,7 +331,10 @@ def test_drafter_losses_count_only_positions_the_base_can_read(kind, bases):
 
     base = AutoModelForCausalLM.from_pretrained(bases["llama"])
     torch.manual_seed(0)
-    trainee = MedusaTrainee(base, heads=2) if kind == "medusa" else EagleTrainee(base)
+    if kind == "eagle":
+        trainee = EagleTrainee(base)
+    else:
+        trainee = MedusaTrainee(base, heads=2, own_projections=kind == "medusa-own-projections")
     for p in trainee.drafter.parameters():  # random, so that every loss has a gradient
         torch.nn.init.normal_(p, std=0.1)
     x = torch.randint(0, base.config.vocab_size, (2, 16))
@@ -345,3 +348,25 @@ def test_drafter_losses_count_only_positions_the_base_can_read(kind, bases):
     assert torch.isfinite(trainee(x, valid)["loss"]) and trainee(x, valid)["loss"] > 0
     half = trainee(x[:1], None)["loss"]  # what the plain window alone gives
     assert torch.allclose(trainee(x, valid)["loss"], half, atol=1e-5)
+
+
+def test_medusa_own_projections_start_as_the_lm_head_and_train_apart_from_the_frozen_base(bases, tmp_path):
+    """The paper's heads: each head's vocabulary projection starts as a copy of the base's LM head and
+    is trained while the base (its LM head included) stays frozen; saved and loaded with its size."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.decoding.medusa import load_heads
+    from harness.models import load_model
+    from harness.training.medusa import MedusaTrainee
+
+    base = AutoModelForCausalLM.from_pretrained(bases["llama"])
+    lm_head = base.get_output_embeddings()
+    trainee = MedusaTrainee(base, heads=2, own_projections=True)
+    projections = trainee.drafter.projections
+    assert len(projections) == 2 and all(torch.equal(p.weight, lm_head.weight) for p in projections)
+    assert projections[0].weight.data_ptr() != lm_head.weight.data_ptr()
+    trainee(torch.randint(0, base.config.vocab_size, (2, 16)))["loss"].backward()
+    assert projections[0].weight.grad is not None and lm_head.weight.grad is None
+    trainee.drafter.save(tmp_path / "medusa", "llama")
+    heads = load_heads(tmp_path / "medusa", load_model(str(bases["llama"])))
+    assert heads.own_projections and heads.projections[1].out_features == base.config.vocab_size

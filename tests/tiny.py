@@ -75,16 +75,21 @@ def prompt_ids(lm: LoadedModel, text: str) -> list[int]:
     return [lm.tokenizer.bos_token_id, *lm.tokenizer(text, add_special_tokens=False).input_ids]
 
 
-def medusa_drafter(lm: LoadedModel, directory, heads: int = 5, std: float = 0.0, seed: int = 1):
+def medusa_drafter(lm: LoadedModel, directory, heads: int = 5, std: float = 0.0, seed: int = 1, own: bool = False):
     """Medusa heads for ``lm`` saved in ``directory`` (a --drafter): zero blocks (each head repeats the
-    base's next-token prediction, always right on a context-free model) or random ones of ``std``."""
+    base's next-token prediction, always right on a context-free model) or random ones of ``std``; with
+    ``own`` each head has its own vocabulary projection, a copy of the LM head (perturbed too if random)."""
     from harness.decoding.medusa import MedusaHeads
 
     torch.manual_seed(seed)
-    medusa = MedusaHeads(lm.model.config.hidden_size, heads)
+    lm_head = lm.model.get_output_embeddings()
+    vocab = lm_head.weight.shape[0] if own else 0
+    medusa = MedusaHeads(lm.model.config.hidden_size, heads, vocab).to(lm_head.weight.device).start_from(lm_head)
     if std:
         for block in medusa.blocks:
             torch.nn.init.normal_(block.weight, std=std)
+        for projection in medusa.projections:
+            projection.weight.data += torch.randn_like(projection.weight) * std
     medusa.to(lm.dtype).save(directory, lm.name)
     return str(directory)
 

@@ -1,5 +1,6 @@
 """Medusa-1 heads trained on a frozen base (stage ``medusa`` of both recipes), by the shared training
-loop: the base's hidden states go through the heads and the base's own LM head; head j at position t
+loop: the base's hidden states go through the heads and their vocabulary projections (their own,
+started from the base's LM head, or the base's LM head shared); head j at position t
 learns the base's distribution at position t + j (what it predicts for t + j + 1: self-distillation,
 so the heads learn what verification accepts), or with ``distill`` off the corpus token at t + 1 + j
 (Medusa-1's labels). Head j's loss is weighted 0.8^j, as in the paper."""
@@ -19,8 +20,11 @@ HEAD_DECAY = 0.8
 class MedusaTrainee(FrozenBaseTrainee):
     """Medusa heads on the frozen base; ``forward(x, valid)`` returns the losses."""
 
-    def __init__(self, base: nn.Module, heads: int, distill: bool = True):
-        super().__init__(base, MedusaHeads(base.config.hidden_size, heads), distill)
+    def __init__(self, base: nn.Module, heads: int, distill: bool = True, own_projections: bool = False):
+        lm_head = base.get_output_embeddings()
+        vocab = lm_head.weight.shape[0] if own_projections else 0
+        drafter = MedusaHeads(base.config.hidden_size, heads, vocab).start_from(lm_head)
+        super().__init__(base, drafter.to(lm_head.weight.device), distill)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> dict:
         x, hidden = self.read(x)
@@ -30,7 +34,7 @@ class MedusaTrainee(FrozenBaseTrainee):
         losses, total = {}, 0.0
         for j, state in enumerate(self.drafter(hidden), start=1):
             span = x.shape[1] - j - (0 if self.distill else 1)  # positions whose target is in the window
-            logits = lm_head(state[:, :span]).float()
+            logits = self.drafter.project(j - 1, state[:, :span], lm_head).float()
             mask = valid[:, : logits.shape[1]] if valid is not None else None
             if self.distill:  # the base's distribution at t + j
                 target = teacher[:, j : j + logits.shape[1]]

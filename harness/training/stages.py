@@ -62,7 +62,8 @@ class StageRunner:
         if kind == "medusa":
             from harness.training.medusa import MedusaTrainee
 
-            trainee, lr = MedusaTrainee(base.to(self.device), cfg.medusa_heads, cfg.distill), cfg.medusa_lr
+            trainee = MedusaTrainee(base.to(self.device), cfg.medusa_heads, cfg.distill, cfg.medusa_own_projections)
+            lr = cfg.medusa_lr
         else:
             from harness.training.eagle import EagleTrainee
 
