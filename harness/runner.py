@@ -94,10 +94,15 @@ def _facts(cfg: RunConfig, bench, units: int, processes: int, devices: list) -> 
     from harness.provenance import machine
 
     source = weights.resolve(cfg.model)
+    drafter = {}
+    if cfg.drafter is not None:  # the trained drafters that medusa and eagle read: their weights, as the model's
+        drafter = {"drafter_path": str(weights.resolve_drafter(cfg.drafter))}
+        drafter["drafter_sha256"] = weights.drafter_fingerprints(cfg.drafter)
     return {
         "data_dir": cfg.data_dir,
         "model_path": source.path,
         "model_sha256": weights.fingerprint(source),
+        **drafter,
         "machine": machine(),
         "units": units,
         "processes": processes,

@@ -163,6 +163,20 @@ def fingerprint(source: Source) -> str | None:
     return digest
 
 
+def drafter_fingerprints(spec: str | Path) -> dict[str, str]:
+    """sha256 of each trained drafter that ``--drafter spec`` holds, by kind: the drafter itself, or each
+    one of a training work directory (``W/medusa``, ``W/eagle``)."""
+    root = resolve_drafter(spec)
+    found = {}
+    for config in [root / "drafter.json", *sorted(root.glob("*/drafter.json"))]:
+        try:
+            kind = json.loads(config.read_text()).get("kind")
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue  # not a drafter (the decoder that reads it says why, in one line)
+        found[str(kind)] = _dir_sha256(config.parent)
+    return found
+
+
 def _dir_sha256(root: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin")):

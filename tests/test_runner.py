@@ -67,6 +67,8 @@ def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint, capsys):
     assert all(r["identical_to_ar"] for r in records if r["decoder"] != "ar")
     assert {r["k"] for r in records if r["decoder"] == "medusa"} == {2}
     assert {r["k"] for r in records if r["decoder"] == "eagle"} == {2, 3}
+    facts = json.loads((out / "run.json").read_text())  # the drafters' weights are fingerprinted, as the model's
+    assert set(facts["drafter_sha256"]) == {"medusa", "eagle"} and facts["drafter_path"] == drafter
     assert "'medusa' runs at k=2; k=3 is beyond its drafter (k <= 2)" in capsys.readouterr().err
     beyond = ["--tasks", "humaneval", "--decoders", "ar,medusa", "--k", "3", "--limit", "1", "--drafter", drafter]
     assert main(["run", "--model", str(tiny_checkpoint), *beyond, "--out", str(tmp_path / "beyond")]) == 2
