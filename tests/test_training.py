@@ -244,3 +244,23 @@ def test_sdsat_steps_fix_the_fine_tune_alone(tmp_path):
     assert runner.train_config("pretrain", 1e-3, 2.0).time_budget_s == 120.0
     fixed = StageRunner(RecipeConfig(work=str(tmp_path), max_steps=3), (), print)
     assert fixed.train_config("pretrain", 1e-3, 2.0).max_steps == 3
+
+
+def test_a_stage_without_its_prerequisites_is_one_line_naming_the_missing_stage(tmp_path, capsys):
+    """A drafter or fine-tune asked for in a work directory where the base or the tokens were never made
+    (a mistyped --work, say) fails before loading anything, naming the stage to run first."""
+    from harness.cli import main
+
+    work = str(tmp_path / "empty")
+    assert main(["train", "--work", work, "--roots", "x", "--stages", "medusa"]) == 2
+    err = capsys.readouterr().err
+    assert "stage 'medusa' needs stage 'tokens' first" in err and "Traceback" not in err
+    assert main(["train", "--work", work, "--roots", "x", "--stages", "tokens"]) == 2
+    assert "stage 'tokens' needs stage 'corpus' first" in capsys.readouterr().err
+
+
+def test_finished_prerequisites_in_the_work_directory_let_a_later_stage_run_alone(tiny_recipe):
+    """The medusa stage alone, in a work directory whose tokens and base an earlier call made."""
+    cfg = RecipeConfig(work=str(tiny_recipe), roots=("unused",), mb_per_lang={}, max_k=4, seq_len=64, batch_size=4)
+    run(dataclasses.replace(cfg, max_steps=1, medusa_heads=2), stages=("medusa",), log=lambda *_: None)
+    assert json.loads((tiny_recipe / "medusa" / "drafter.json").read_text())["heads"] == 2

@@ -49,21 +49,22 @@ class _Recipe(StageRunner):
     def run(self) -> None:
         cfg, work = self.cfg, self.work
         self.stage("corpus", self.corpus_dir / "manifest.json", self.make_corpus)
-        self.stage("tokenizer", self.tok_dir / "tokenizer.json", self.make_tokenizer)
+        self.stage("tokenizer", self.tok_dir / "tokenizer.json", self.make_tokenizer, after=("corpus",))
         self.load_tokenizer()
-        self.stage("tokens", work / "heldout.npy", self.make_tokens)
+        self.stage("tokens", work / "heldout.npy", self.make_tokens, after=("corpus", "tokenizer"))
         model_shape = (cfg.hidden, cfg.layers, cfg.heads, cfg.intermediate)
         draft_shape = (cfg.draft_hidden, cfg.draft_layers, cfg.draft_heads, cfg.draft_intermediate)
         base = partial(self.pretrain, self.base_dir, "pretrain", model_shape, cfg.pretrain_minutes)
-        self.stage("pretrain", self.base_dir / "config.json", base, every_process=True)
-        self.stage("sdsat", self.sdsat_dir / "config.json", self.finetune, every_process=True)
+        self.stage("pretrain", self.base_dir / "config.json", base, every_process=True, after=("tokens",))
+        self.stage("sdsat", self.sdsat_dir / "config.json", self.finetune, every_process=True, after=("pretrain",))
         draft = partial(self.pretrain, self.draft_dir, "draft", draft_shape, cfg.draft_minutes)
-        self.stage("draft", self.draft_dir / "config.json", draft, every_process=True)
+        self.stage("draft", self.draft_dir / "config.json", draft, every_process=True, after=("tokens",))
         for kind in DRAFTERS:
-            self.stage(kind, work / kind / "drafter.json", partial(self.drafter, kind), every_process=True)
+            drafter = partial(self.drafter, kind)
+            self.stage(kind, work / kind / "drafter.json", drafter, every_process=True, after=("tokens", "pretrain"))
         if (self.sdsat_dir / "config.json").exists():
             self.stage("evaluate", None, partial(evaluate, cfg, work, self.device.type, self.log))
-        self.stage("compare", work / "compare.json", self.compare, every_process=True)
+        self.stage("compare", work / "compare.json", self.compare, every_process=True, after=("pretrain",))
 
     def drafter(self, kind: str) -> None:
         """A trained peer's drafter (Medusa heads, an EAGLE layer) on the frozen base model (``W/base``),

@@ -110,13 +110,14 @@ class _Retrofit(StageRunner):
         self.stage("corpus", self.corpus_dir / "manifest.json", self.make_corpus)
         self.stage("tokenizer", self.tok_dir / EXTENSION, self.extend_tokenizer)
         self.load_tokenizer()
-        self.stage("tokens", work / "heldout.npy", self.make_tokens)
+        self.stage("tokens", work / "heldout.npy", self.make_tokens, after=("corpus", "tokenizer"))
         if self.cfg.adaptive_tokens and (work / "train.npy").exists():
             self.check_adaptive_ids_unused()
         done = self.sdsat_dir / (weights.ADAPTER_META if self.lora else "config.json")
-        self.stage("sdsat", done, self.finetune, every_process=True)
+        self.stage("sdsat", done, self.finetune, every_process=True, after=("tokens",))
         for kind in DRAFTERS:
-            self.stage(kind, work / kind / "drafter.json", partial(self.drafter, kind), every_process=True)
+            drafter = partial(self.drafter, kind)
+            self.stage(kind, work / kind / "drafter.json", drafter, every_process=True, after=("tokens",))
         if done.exists():
             self.stage("evaluate", work / "eval.json", self.evaluate)
 

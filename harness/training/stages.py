@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import HarnessError
 from harness.training.config import RecipeConfig
 from harness.training.corpus import build_corpus
 from harness.training.train import TrainConfig
@@ -35,11 +36,26 @@ class StageRunner:
         timings = self.work / "timings.json"
         self.timings = json.loads(timings.read_text()) if timings.exists() else {}
         self.tokenizer = self.adaptive = None
+        self.outputs: dict[str, Path] = {}  # each stage seen so far: the file that says it is finished
 
-    def stage(self, name: str, output: Path | None, fn, every_process: bool = False) -> None:
-        """Run ``fn`` unless the stage was not asked for or its ``output`` exists (a finished stage)."""
+    def stage(
+        self, name: str, output: Path | None, fn, every_process: bool = False, after: tuple[str, ...] = ()
+    ) -> None:
+        """Run ``fn`` unless the stage was not asked for or its ``output`` exists (a finished stage). The
+        stages named in ``after`` must be finished first, in this run or in an earlier one in ``--work``:
+        else one line says which is missing, before anything is loaded."""
         shard = self.shard
-        if name in self.stages and (output is None or not output.exists()) and (every_process or shard.is_main):
+        if output is not None:
+            self.outputs[name] = output
+        runs = name in self.stages and (output is None or not output.exists())
+        missing = [s for s in after if not self.outputs[s].exists()] if runs else []
+        if missing:
+            first = self.outputs[missing[0]]
+            raise HarnessError(
+                f"train: stage '{name}' needs stage '{missing[0]}' first ({first} is missing): add it to "
+                f"--stages, or point --work at a directory where it has run"
+            )
+        if runs and (every_process or shard.is_main):
             t0 = time.perf_counter()
             fn()
             if shard.is_main:
