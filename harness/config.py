@@ -189,7 +189,13 @@ class ProbeConfig:
     engines: tuple[str, ...] = setting(("eager", "compile"), "comma-separated engines to measure", parse=_items(str))
     dtype: str = setting("bf16", "bf16 | fp16 | fp32", choices=("bf16", "fp16", "fp32"))
     device: str = setting("cuda", "cuda | cpu")
-    ks: tuple[int, ...] = setting((3, 5, 7), "draft lengths of sdsat and sdsat-fused", flag="k", parse=_items(int))
+    decoders: tuple[str, ...] = setting(
+        ("sdsat", "sdsat-fused"),
+        "comma-separated speculative decoders beside ar: sdsat, sdsat-fused, and the trained peers medusa and "
+        "eagle, whose synthetic drafters (zero heads, a pass-through layer) cost what trained ones do",
+        parse=_items(str),
+    )
+    ks: tuple[int, ...] = setting((3, 5, 7), "draft lengths of the speculative decoders", flag="k", parse=_items(int))
     blocks: tuple[int, ...] = setting((1, 2, 4, 8, 16, 32, 64, 128), "block sizes of the cost curve", parse=_items(int))
     repeats: int = setting(10, "timed repeats of each measurement (their median is kept)")
     projections: str = setting(

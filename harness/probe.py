@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,11 +93,29 @@ def variants(variant: str) -> tuple[str, ...]:
     return (variant,)
 
 
-def probe_decoders(cfg: ProbeConfig) -> list[tuple[str, int]]:
-    """Every decoder that drafts with adaptive tokens, at each of the probe's draft lengths."""
-    from harness.decoding import ADAPTIVE_DECODERS
+TRAINED_PEERS = ("medusa", "eagle")  # drafted by synthetic drafters of the shape (synthetic_drafters)
+PROBED = ("sdsat", "sdsat-fused", *TRAINED_PEERS)  # decoders whose drafts a synthetic model can make
 
-    return [(d, k) for d in ADAPTIVE_DECODERS for k in cfg.ks if k > 0]
+
+def probe_decoders(cfg: ProbeConfig) -> list[tuple[str, int]]:
+    """The probe's speculative decoders, at each of its draft lengths."""
+    unknown = [d for d in cfg.decoders if d not in PROBED]
+    if unknown:
+        raise HarnessError(f"probe: cannot probe '{unknown[0]}' (choose from {', '.join(PROBED)})")
+    return [(d, k) for d in cfg.decoders for k in cfg.ks if k > 0]
+
+
+def synthetic_drafters(lm, heads: int, directory: Path) -> str:
+    """Drafters for the trained peers at ``lm``'s shape, in ``directory`` (a --drafter): Medusa heads with
+    zero blocks and an EAGLE layer that passes the feature through. Both draft the base's own next-token
+    prediction again, so on the all-accept variant every draft is accepted, and they cost what trained
+    ones of that shape do: their products run whatever their weights."""
+    from harness.decoding.eagle import EagleLayer, layer_config
+    from harness.decoding.medusa import MedusaHeads
+
+    MedusaHeads(lm.model.config.hidden_size, heads).to(lm.dtype).save(directory / "medusa", lm.name)
+    EagleLayer.pass_through(layer_config(lm.model.config)).to(lm.dtype).save(directory / "eagle", lm.name)
+    return str(directory)
 
 
 def synthetic_model(cfg: ProbeConfig):
@@ -197,15 +216,16 @@ def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
     return dict(sorted(curve.items()))
 
 
-def decoder_speeds(lm, decoders, repeats: int) -> list[dict]:
-    """AR, then each speculative decoder: tokens per forward pass, decode tokens/s, speedup, efficiency."""
+def decoder_speeds(lm, decoders, repeats: int, drafter: str | None = None) -> list[dict]:
+    """AR, then each speculative decoder: tokens per forward pass, decode tokens/s, speedup, efficiency
+    (the trained peers' drafts from ``drafter``, a --drafter directory)."""
     from harness.decoding import SamplingParams, StopCondition, make_decoder
 
     prompt = list(range(1, CONTEXT + 1))
     stop = StopCondition(NEW_TOKENS)  # no EOS, no stop string: every generation runs its full length
     rows = []
     for name, k in (("ar", 0), *decoders):
-        decoder = make_decoder(name, lm, k=k)
+        decoder = make_decoder(name, lm, k=k, drafter=drafter)
         lm.engine.warm_up(decoder.block_sizes(True))
         decoder.generate(prompt, stop, SamplingParams())  # warm-up
         gens = [decoder.generate(prompt, stop, SamplingParams()) for _ in range(max(1, repeats // 3))]
@@ -273,7 +293,24 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
     and write each variant's probe.json and cost figure: in ``out_dir``, or in ``out_dir/<variant>``
     when both are measured. Both variants run on one model: one build, one compilation."""
     names = variants(cfg.variant)
+    decoders = probe_decoders(cfg)
     lm = synthetic_model(cfg)
+    with tempfile.TemporaryDirectory(prefix="probe-drafters-") as scratch:  # a 7B EAGLE layer is ~0.5 GB
+        trained = any(d in TRAINED_PEERS for d, _ in decoders)
+        drafter = synthetic_drafters(lm, max(cfg.ks), Path(scratch)) if trained else None
+        results = measure(cfg, lm, names, decoders, drafter)
+    paths = []
+    for v, result in results.items():
+        out = Path(out_dir) / v if len(names) > 1 else Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "probe.json").write_text(json.dumps(result, indent=1))
+        plot_cost(result, out / "cost_vs_block.png")
+        paths.append(out / "probe.json")
+    return paths
+
+
+def measure(cfg: ProbeConfig, lm, names: tuple[str, ...], decoders, drafter: str | None) -> dict[str, dict]:
+    """Each variant's probe.json content: per engine the cost curve and profile (once) and the decoders."""
     switch = _Variant(lm)
     card = torch.cuda.get_device_name(lm.device) if lm.device.type == "cuda" else "cpu"
     common = {
@@ -292,7 +329,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
         profile = kernel_profile(lm)
         for v in names:
             switch.set(v)
-            speeds = decoder_speeds(lm, probe_decoders(cfg), cfg.repeats)
+            speeds = decoder_speeds(lm, decoders, cfg.repeats, drafter)
             results[v]["engines"][engine] = {
                 "configuration": lm.engine.description,
                 "cost_ms": curve,
@@ -303,14 +340,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
             nominal = common["roofline"].get("tokens_per_s_nominal")
             if nominal:  # AR's share of the HBM roofline (a step that reads every weight once)
                 results[v]["engines"][engine]["ar_roofline_share"] = speeds[0]["tokens_per_s"] / nominal
-    paths = []
-    for v, result in results.items():
-        out = Path(out_dir) / v if len(names) > 1 else Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "probe.json").write_text(json.dumps(result, indent=1))
-        plot_cost(result, out / "cost_vs_block.png")
-        paths.append(out / "probe.json")
-    return paths
+    return results
 
 
 def plot_cost(result: dict, path: Path) -> None:

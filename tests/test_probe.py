@@ -34,6 +34,7 @@ def probe(tmp_path_factory):
         engines=("eager",),
         dtype="fp32",
         device="cpu",
+        decoders=("sdsat", "sdsat-fused", "medusa", "eagle"),
         ks=(2,),
         blocks=(1, 2, 4),
         repeats=2,
@@ -71,6 +72,9 @@ def test_probe_writes_cost_curve_and_all_accept_ceilings(probe):
     # every draft accepted: the two-step loop emits k + 2 tokens per 2 passes, the fused one k + 1 per pass
     assert by_name[("sdsat", 2)]["tokens_per_forward"] == pytest.approx(2.0, abs=0.05)
     assert by_name[("sdsat-fused", 2)]["tokens_per_forward"] == pytest.approx(3.0, abs=0.1)
+    # the trained peers' synthetic drafters (zero heads, a pass-through layer): k + 1 per pass as well
+    assert by_name[("medusa", 2)]["tokens_per_forward"] == pytest.approx(3.0, abs=0.1)
+    assert by_name[("eagle", 2)]["tokens_per_forward"] == pytest.approx(3.0, abs=0.1)
     for row in engine["decoders"]:
         assert row["efficiency"] == pytest.approx(row["speedup"] / row["tokens_per_forward"])
     # where one AR pass spends its time (the CPU's operations here; the kernels on a GPU)
@@ -193,3 +197,8 @@ def test_a_cost_curve_that_is_not_monotone_is_measured_again_then_refused(monkey
     busy = iter([77.0, 689.0, 197.0, 222.0] * 3)
     with pytest.raises(HarnessError, match=r"not monotone \(2 tokens 689 ms > 4 tokens 197 ms"):
         probe_module.cost_curve(lm, (1, 2, 4, 8), repeats=3)
+
+
+def test_probe_refuses_a_decoder_it_cannot_draft_for(tmp_path, capsys):
+    assert main(["probe", "--shape", "codellama-7b", "--decoders", "pld", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    assert "cannot probe 'pld'" in capsys.readouterr().err

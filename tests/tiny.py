@@ -101,19 +101,10 @@ def eagle_drafter(lm: LoadedModel, directory, std: float = 0.0, seed: int = 1):
     from harness.decoding.eagle import EagleLayer, layer_config
 
     torch.manual_seed(seed)
-    layer = EagleLayer(layer_config(lm.model.config))
+    layer = EagleLayer.pass_through(layer_config(lm.model.config))
     if std:
         for p in layer.parameters():
             if p.ndim == 2:
                 torch.nn.init.normal_(p, std=std)
-    else:
-        with torch.no_grad():
-            hidden = layer.config.hidden_size
-            layer.fc.weight.zero_()
-            layer.fc.bias.zero_()
-            layer.fc.weight[:, :hidden] = torch.eye(hidden)
-            block = layer.body.layers[0]
-            block.self_attn.o_proj.weight.zero_()
-            block.mlp.down_proj.weight.zero_()
     layer.to(lm.dtype).save(directory, lm.name)
     return str(directory)

@@ -91,6 +91,22 @@ class EagleLayer(nn.Module):
             use_cache=use_cache,
         ).last_hidden_state
 
+    @classmethod
+    def pass_through(cls, config: LlamaConfig) -> EagleLayer:
+        """A layer that passes the feature through (fc = [I, 0], its output projections zero), so that
+        it drafts the base's next-token prediction again, at the cost of a real layer: every draft right
+        on a model whose predictions do not depend on the context (the tests' and the probe's)."""
+        layer = cls(config)
+        with torch.no_grad():
+            hidden = config.hidden_size
+            layer.fc.weight.zero_()
+            layer.fc.bias.zero_()
+            layer.fc.weight[:, :hidden] = torch.eye(hidden)
+            block = layer.body.layers[0]
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+        return layer
+
     def save(self, directory: Path, base: str) -> None:
         config = {"kind": "eagle", "hidden": self.config.hidden_size, "layer": self.config.to_diff_dict(), "base": base}
         save_drafter(self, directory, config)
