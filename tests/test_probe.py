@@ -200,5 +200,6 @@ def test_a_cost_curve_that_is_not_monotone_is_measured_again_then_refused(monkey
 
 
 def test_probe_refuses_a_decoder_it_cannot_draft_for(tmp_path, capsys):
-    assert main(["probe", "--shape", "codellama-7b", "--decoders", "pld", "--device", "cpu", "--out", str(tmp_path)]) == 2
+    args = ["--shape", "codellama-7b", "--decoders", "pld", "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["probe", *args]) == 2
     assert "cannot probe 'pld'" in capsys.readouterr().err
