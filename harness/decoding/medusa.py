@@ -2,10 +2,10 @@
 
 Head j is a residual block ``h + SiLU(W_j h)`` read through a vocabulary projection: from the hidden
 state at position t it predicts the token at t + 1 + j, where the base predicts t + 1. The projection is
-the head's own, initialised from the base's LM head, as in the paper (``vocab_projections``: hidden x
-vocabulary parameters a head), or the base's frozen LM head shared by every head (hidden² + hidden a
-head, which matters at a 49k vocabulary). Zero-initialised blocks start as the base's next-token
-prediction either way. The configuration says which.
+the head's own, initialised from the base's LM head, as in the paper (``train --medusa-own-projections``:
+hidden x vocabulary parameters more a head), or the base's frozen LM head shared by every head (hidden²
++ hidden a head, which matters at a 49k vocabulary). Zero-initialised blocks start as the base's
+next-token prediction either way. The configuration says which.
 
 Each loop is one pass of the loop shared with ``eagle`` (``features.feature_drafting_loop``): the
 candidates are the top-ranked tokens of the heads read at the previous loop's accepted path's end,

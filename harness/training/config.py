@@ -57,9 +57,7 @@ class RecipeConfig:
     # trained for sdsat_minutes (or max_steps), the SDSAT fine-tune's budget, on the same tokens;
     # distill (the base's own distribution) or labels.
     medusa_heads: int = 5
-    medusa_own_projections: bool = (
-        False  # each head its own vocabulary projection (the paper's), not the LM head shared
-    )
+    medusa_own_projections: bool = False  # each head its own vocabulary projection (the paper's)
     medusa_lr: float = 1e-3
     eagle_lr: float = 1e-3
     max_steps: int | None = None  # train exactly this many optimiser steps instead of for minutes

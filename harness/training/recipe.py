@@ -56,12 +56,13 @@ class _Recipe(StageRunner):
         draft_shape = (cfg.draft_hidden, cfg.draft_layers, cfg.draft_heads, cfg.draft_intermediate)
         base = partial(self.pretrain, self.base_dir, "pretrain", model_shape, cfg.pretrain_minutes)
         self.stage("pretrain", self.base_dir / "config.json", base, every_process=True, after=("tokens",))
-        self.stage("sdsat", self.sdsat_dir / "config.json", self.finetune, every_process=True, after=("pretrain",))
+        on_base = ("tokens", "pretrain")  # what every stage that trains on the base needs first
+        self.stage("sdsat", self.sdsat_dir / "config.json", self.finetune, every_process=True, after=on_base)
         draft = partial(self.pretrain, self.draft_dir, "draft", draft_shape, cfg.draft_minutes)
         self.stage("draft", self.draft_dir / "config.json", draft, every_process=True, after=("tokens",))
         for kind in DRAFTERS:
             drafter = partial(self.drafter, kind)
-            self.stage(kind, work / kind / "drafter.json", drafter, every_process=True, after=("tokens", "pretrain"))
+            self.stage(kind, work / kind / "drafter.json", drafter, every_process=True, after=on_base)
         if (self.sdsat_dir / "config.json").exists():
             self.stage("evaluate", None, partial(evaluate, cfg, work, self.device.type, self.log))
         self.stage("compare", work / "compare.json", self.compare, every_process=True, after=("pretrain",))
