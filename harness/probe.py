@@ -29,6 +29,7 @@ from harness.config import ProbeConfig
 from harness.device import median_ms
 from harness.engine import DecodeEngine
 from harness.errors import HarnessError
+from harness.training import DRAFTERS
 
 SHAPES = {
     "codellama-7b": {
@@ -93,8 +94,8 @@ def variants(variant: str) -> tuple[str, ...]:
     return (variant,)
 
 
-TRAINED_PEERS = ("medusa", "eagle")  # drafted by synthetic drafters of the shape (synthetic_drafters)
-PROBED = ("sdsat", "sdsat-fused", *TRAINED_PEERS)  # decoders whose drafts a synthetic model can make
+# Decoders whose drafts a synthetic model can make (the trained peers' by synthetic_drafters).
+PROBED = ("sdsat", "sdsat-fused", *DRAFTERS)
 
 
 def probe_decoders(cfg: ProbeConfig) -> list[tuple[str, int]]:
@@ -296,7 +297,7 @@ def run_probe(cfg: ProbeConfig, out_dir: str) -> list[Path]:
     decoders = probe_decoders(cfg)
     lm = synthetic_model(cfg)
     with tempfile.TemporaryDirectory(prefix="probe-drafters-") as scratch:  # a 7B EAGLE layer is ~0.5 GB
-        trained = any(d in TRAINED_PEERS for d, _ in decoders)
+        trained = any(d in DRAFTERS for d, _ in decoders)
         drafter = synthetic_drafters(lm, max(cfg.ks), Path(scratch)) if trained else None
         results = measure(cfg, lm, names, decoders, drafter)
     paths = []

@@ -91,13 +91,16 @@ def _progress_bar(shard, units: int, todo: int, progress: bool):
 def _facts(cfg: RunConfig, bench, units: int, processes: int, devices: list) -> dict:
     """What run.json says of the data, the model and the machines besides the configuration."""
     from harness import weights
+    from harness.decoding.features import read_drafter_config
     from harness.provenance import machine
+    from harness.training import DRAFTERS
 
     source = weights.resolve(cfg.model)
     drafter = {}
-    if cfg.drafter is not None:  # the trained drafters that medusa and eagle read: their weights, as the model's
+    readers = [d for d in cfg.decoders if d in DRAFTERS]
+    if cfg.drafter is not None and readers:  # the trained drafters the run read: their weights, as the model's
         drafter = {"drafter_path": str(weights.resolve_drafter(cfg.drafter))}
-        drafter["drafter_sha256"] = weights.drafter_fingerprints(cfg.drafter)
+        drafter["drafter_sha256"] = {d: weights.dir_sha256(read_drafter_config(cfg.drafter, d)[0]) for d in readers}
     return {
         "data_dir": cfg.data_dir,
         "model_path": source.path,

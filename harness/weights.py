@@ -77,10 +77,7 @@ def resolve(spec: str) -> Source:
     """Shipped name, wheel name, adapter or checkpoint directory, .gguf file, else a hub id (checked
     against the local cache or a reachable hub, at once)."""
     if spec in SHIPPED:
-        path = MODELS_DIR / SHIPPED[spec]
-        if not path.is_dir():
-            raise HarnessError(f"model '{spec}' is not shipped in this checkout (expected {path})")
-        return _resolve_dir(spec, str(path))
+        return _resolve_dir(spec, str(_shipped("model", spec, SHIPPED[spec])))
     if spec in WHEELS:
         return Source(spec, "gguf", str(wheel_file(spec)))
     if os.path.isdir(spec):
@@ -98,11 +95,16 @@ def resolve(spec: str) -> Source:
 def resolve_drafter(spec: str | Path) -> Path:
     """A shipped drafter's name, else the drafter (or training work) directory given."""
     if str(spec) in SHIPPED_DRAFTERS:
-        path = MODELS_DIR / SHIPPED_DRAFTERS[str(spec)]
-        if not path.is_dir():
-            raise HarnessError(f"drafter '{spec}' is not shipped in this checkout (expected {path})")
-        return path
+        return _shipped("drafter", str(spec), SHIPPED_DRAFTERS[str(spec)])
     return Path(spec)
+
+
+def _shipped(what: str, name: str, folder: str) -> Path:
+    """The folder of models/ that a shipped name stands for, or one line if this checkout lacks it."""
+    path = MODELS_DIR / folder
+    if not path.is_dir():
+        raise HarnessError(f"{what} '{name}' is not shipped in this checkout (expected {path})")
+    return path
 
 
 def _resolve_dir(spec: str, path: str) -> Source:
@@ -156,28 +158,15 @@ def fingerprint(source: Source) -> str | None:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(source.path, "config.json")
-        return _dir_sha256(Path(cached).parent) if isinstance(cached, str) else None
-    digest = _dir_sha256(Path(source.path))
+        return dir_sha256(Path(cached).parent) if isinstance(cached, str) else None
+    digest = dir_sha256(Path(source.path))
     if source.kind == "adapter":
         return hashlib.sha256((digest + adapter_meta(source.path)["base_sha256"]).encode()).hexdigest()
     return digest
 
 
-def drafter_fingerprints(spec: str | Path) -> dict[str, str]:
-    """sha256 of each trained drafter that ``--drafter spec`` holds, by kind: the drafter itself, or each
-    one of a training work directory (``W/medusa``, ``W/eagle``)."""
-    root = resolve_drafter(spec)
-    found = {}
-    for config in [root / "drafter.json", *sorted(root.glob("*/drafter.json"))]:
-        try:
-            kind = json.loads(config.read_text()).get("kind")
-        except (OSError, json.JSONDecodeError, AttributeError):
-            continue  # not a drafter (the decoder that reads it says why, in one line)
-        found[str(kind)] = _dir_sha256(config.parent)
-    return found
-
-
-def _dir_sha256(root: Path) -> str:
+def dir_sha256(root: Path) -> str:
+    """sha256 of a directory's weight files (``*.safetensors``, ``*.bin``), names and contents."""
     h = hashlib.sha256()
     for f in sorted(root.glob("*.safetensors")) + sorted(root.glob("*.bin")):
         h.update(f.name.encode())
