@@ -69,9 +69,11 @@ def load_models(
     """The model and the hf-assisted draft model, checked against what ``decoders`` at ``ks`` need."""
     spec = replace(cfg.model_spec, device=device)
     lm, draft = load_model(spec), None
-    if cfg.draft_model:  # the model's device, dtype and attention; its own adaptive tokens, the default engine
-        draft = load_model(replace(spec, model=cfg.draft_model, adaptive_tokens=None, engine=ModelSpec.engine))
     needs = [decoder_spec(d) for d in decoders]
+    # a suite names a draft model for its sps row; a run that leaves sps out neither loads nor needs it
+    if cfg.draft_model and any(need.needs_draft_model for need in needs):
+        # the model's device, dtype and attention; its own adaptive tokens, the default engine
+        draft = load_model(replace(spec, model=cfg.draft_model, adaptive_tokens=None, engine=ModelSpec.engine))
     for need in needs:
         if need.needs_draft_model and draft is None:
             raise missing_draft_model(need.name)  # before anything is generated

@@ -75,6 +75,20 @@ def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint, capsys):
     assert "'medusa': k=3 is beyond its drafter (k <= 2)" in capsys.readouterr().err
 
 
+def test_a_draft_model_is_loaded_only_for_the_decoders_that_draft_with_it(tmp_path, tiny_checkpoint, capsys):
+    """A suite names a draft model for its sps row; a run of that suite without sps (a model whose
+    tokenizer no draft model shares) neither loads nor needs it."""
+    missing = str(tmp_path / "no-such-draft")
+    args = ["--tasks", "humaneval", "--decoders", "ar,pld", "--k", "2", "--limit", "1", "--max-new-tokens", "4"]
+    assert (
+        main(["run", "--model", str(tiny_checkpoint), *args, "--draft-model", missing, "--out", str(tmp_path / "a")])
+        == 0
+    )
+    with_sps = ["--decoders", "ar,sps", "--draft-model", missing, "--out", str(tmp_path / "b")]
+    assert main(["run", "--model", str(tiny_checkpoint), *args[:2], *args[4:], *with_sps]) == 2
+    assert "no-such-draft" in capsys.readouterr().err
+
+
 def test_resume_after_kill_loses_nothing_and_duplicates_nothing(tmp_path, tiny_checkpoint):
     out = tmp_path / "run"
     cmd = [
