@@ -184,6 +184,8 @@ _TRAIN_HELP = {
     "medusa_own_projections": "stage 'medusa': each head its own vocabulary projection, started from the base's "
     "LM head, as in the paper (default: the base's frozen LM head shared)",
     "eagle_lr": "stage 'eagle' (named in --stages): peak learning rate of the EAGLE layer on the frozen base",
+    "call_minutes": "train for at most this many minutes in this call, then save the cut stage's state "
+    "(W/<stage>.state) and exit 3: the same command continues it (a model longer than one call of a lent GPU)",
 }
 _FLAG_TYPES = {"int": int, "float": float, "str": str, "int | None": int, "str | None": str, "float | None": float}
 
@@ -270,8 +272,14 @@ def _cmd_train(args) -> int:
         from harness.training import retrofit as recipe
     else:
         from harness.training import recipe
+    from harness.training.train import TrainingCut
+
     stages = tuple(args.stages.split(",")) if args.stages else recipe.STAGES
-    recipe.run(cfg, stages)
+    try:
+        recipe.run(cfg, stages)
+    except TrainingCut as cut:  # said on stderr by the stage; neither done nor failed: run it again
+        # Under accelerate launch a non-zero exit reads as a crash, and the launcher stops the other processes
+        return 3 if cut.processes == 1 else 0
     return 0
 
 

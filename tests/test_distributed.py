@@ -169,6 +169,28 @@ def test_retrofit_on_two_processes(tmp_path, lora):
     assert load_model(str(work / "sdsat")).adaptive.max_k == 15
 
 
+def test_a_retrofit_cut_on_two_processes_continues_in_the_next_call(tmp_path):
+    """`--call-minutes` under accelerate launch: both processes stop at the same step (one late process
+    would hang the other), each saves its own data generators, and the next call finishes the LoRA
+    fine-tune from there."""
+    from tests.bases import SOURCES, save_base
+
+    base = save_base(tmp_path, "llama")
+    work = tmp_path / "work"
+    args = ["train", "--base", str(base), "--work", str(work), "--roots", str(SOURCES / "decoding"), "--lora-rank", "2"]
+    args += ["--stages", "corpus,tokenizer,tokens,sdsat", "--max-steps", "2", "--batch-size", "2", "--seq-len", "64"]
+    cut = _launch([*args, "--call-minutes", "0"])
+    # exit 0 under a launcher, which would read 3 as a crash: the line and the state say it is cut
+    assert cut.returncode == 0 and "stage 'sdsat' stopped at step 1 of 2" in cut.stderr, cut.stderr[-2000:]
+    assert not (work / "sdsat" / "sdsat_adapter.json").exists()
+    assert {p.name for p in (work / "sdsat.state").glob("loop_*.pt")} == {"loop_0.pt", "loop_1.pt"}
+    done = _launch([*args, "--call-minutes", "0"])
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((work / "sdsat_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2 and summary["calls"] == 2
+    assert not (work / "sdsat.state").exists() and (work / "sdsat" / "sdsat_adapter.json").exists()
+
+
 def test_processes_beyond_the_gpus_share_them_round_robin():
     """More processes than GPUs (an accuracy run on one GPU): each takes a GPU in turn; with one GPU
     per process, process i takes GPU i; a CPU run stays on the CPU."""

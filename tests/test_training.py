@@ -264,3 +264,71 @@ def test_finished_prerequisites_in_the_work_directory_let_a_later_stage_run_alon
     cfg = RecipeConfig(work=str(tiny_recipe), roots=("unused",), mb_per_lang={}, max_k=4, seq_len=64, batch_size=4)
     run(dataclasses.replace(cfg, max_steps=1, medusa_heads=2), stages=("medusa",), log=lambda *_: None)
     assert json.loads((tiny_recipe / "medusa" / "drafter.json").read_text())["heads"] == 2
+
+
+def _train_in_calls(tmp_path, cfg, stop_at: float | None):
+    """A tiny SDSAT fine-tune of ``cfg``, cut after every step when ``stop_at`` is past, continued call
+    after call until done: its final weights, summary and log."""
+    from transformers import LlamaForCausalLM
+
+    from harness.training.checkpoint import llama_config
+    from harness.training.train import Chain, TrainingCut, train
+
+    stream = np.random.default_rng(0).integers(20, 64, 2_000)
+    tmp_path.mkdir()
+    chain, log, calls = Chain(tmp_path / "sdsat.state", stop_at), tmp_path / "log.jsonl", 0
+    while True:
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(llama_config(64, hidden=32, layers=2, heads=2, intermediate=64))
+        calls += 1
+        try:
+            model, summary = train(model, stream, cfg, log, [10, 11, 12], chain=chain)
+        except TrainingCut as cut:
+            assert cut.step == calls and (tmp_path / "sdsat.state").is_dir()
+            continue
+        return model.state_dict(), summary, log.read_text().splitlines(), calls
+
+
+def test_a_run_cut_after_every_step_ends_with_the_weights_of_one_uncut_run(tmp_path):
+    """A model longer than one call of a lent GPU trains in several (``--call-minutes``): the saved
+    weights, optimiser, step and data generators make the continued run the uncut one, bit for bit."""
+    from harness.training.train import TrainConfig
+
+    cfg = TrainConfig(
+        mode="sdsat", seq_len=16, batch_size=2, n_groups=2, max_steps=4, time_budget_s=None, log_every=1, bf16=False
+    )
+    whole, whole_summary, whole_log, _ = _train_in_calls(tmp_path / "whole", cfg, stop_at=None)
+    cut, cut_summary, cut_log, calls = _train_in_calls(tmp_path / "cut", cfg, stop_at=0.0)
+    assert calls == 4 and cut_summary["calls"] == 4 and whole_summary["calls"] == 1
+    assert cut_summary["steps"] == whole_summary["steps"] == 4 and cut_summary["tokens"] == whole_summary["tokens"]
+    assert all(torch.equal(whole[name], cut[name]) for name in whole)
+    losses = [json.loads(line)["loss"] for line in whole_log]
+    assert [json.loads(line)["loss"] for line in cut_log] == losses  # one log, every step once
+
+
+def test_call_minutes_split_a_stage_over_calls_that_exit_3(tiny_recipe, tmp_path, capsys):
+    """`train --call-minutes`: a call whose time is up saves the cut stage and exits 3 with one line;
+    the same command continues it, and the finished stage leaves no state behind."""
+    import shutil
+
+    from harness.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("corpus", "tokenizer"):
+        shutil.copytree(tiny_recipe / name, work / name)
+    for name in ("train.npy", "heldout.npy"):
+        shutil.copy(tiny_recipe / name, work / name)
+    shape = ["--hidden", "32", "--layers", "2", "--heads", "2", "--intermediate", "64", "--seq-len", "64"]
+    command = ["train", "--work", str(work), "--roots", "x", "--stages", "pretrain", "--max-steps", "3", *shape]
+    command += ["--batch-size", "2", "--call-minutes", "0"]
+    for step in (1, 2):
+        assert main(command) == 3
+        err = capsys.readouterr().err
+        assert f"stage 'pretrain' stopped at step {step} of 3" in err and "run the same command again" in err
+        assert not (work / "base" / "config.json").exists()
+    assert main(command) == 0
+    summary = json.loads((work / "pretrain_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["calls"] == 3
+    assert (work / "base" / "config.json").exists() and not (work / "pretrain.state").exists()
+    assert len((work / "pretrain_log.jsonl").read_text().splitlines()) == 1  # step 3 of 3: the last is logged

@@ -63,5 +63,8 @@ class RecipeConfig:
     max_steps: int | None = None  # train exactly this many optimiser steps instead of for minutes
     # The sdsat stage alone for exactly this many steps (a size series: every size the same SDSAT tokens)
     sdsat_steps: int | None = None
+    # Train for at most this many minutes of this call, then save the cut stage's state (W/<stage>.state)
+    # for the same command to continue: a model that needs longer than one call of a lent GPU.
+    call_minutes: float | None = None
     bf16: bool = True  # bf16 autocast on a GPU
     seed: int = 0

@@ -120,7 +120,7 @@ class _Recipe(StageRunner):
         model = LlamaForCausalLM(config).to(self.device)
         stream = np.asarray(np.load(self.work / "train.npy", mmap_mode="r"))
         tc = self.train_config("pretrain", self.cfg.pretrain_lr, minutes)
-        model, summary = train(model, stream, tc, self.work / f"{name}_log.jsonl")
+        model, summary = train(model, stream, tc, self.work / f"{name}_log.jsonl", chain=self.chain(name))
         self.save(model, out_dir, name, summary, None)
 
     def finetune(self) -> None:
@@ -131,7 +131,7 @@ class _Recipe(StageRunner):
         stream = np.asarray(np.load(work / "train.npy", mmap_mode="r"))
         sdsat = {"n_groups": cfg.n_groups, "adaptive_weight": cfg.adaptive_weight, "distill": cfg.distill}
         tc = self.train_config("sdsat", cfg.sdsat_lr, cfg.sdsat_minutes, seed_offset=1, warmup=50, **sdsat)
-        model, summary = train(model, stream, tc, work / "sdsat_log.jsonl", ids)
+        model, summary = train(model, stream, tc, work / "sdsat_log.jsonl", ids, chain=self.chain("sdsat"))
         if self.shard.is_main:
             heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
             summary["heldout"] = heldout_metrics(model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)

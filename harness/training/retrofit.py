@@ -191,7 +191,9 @@ class _Retrofit(StageRunner):
         tc = self.train_config("sdsat", lr, cfg.sdsat_minutes, seed_offset=1, warmup=50, seq_len=seq_len, **sdsat)
         try:
             log = self.work / "sdsat_log.jsonl"
-            model, summary = train(model, stream, tc, log, list(ext.adaptive.token_ids), teacher, fim)
+            model, summary = train(
+                model, stream, tc, log, list(ext.adaptive.token_ids), teacher, fim, self.chain("sdsat")
+            )
         except torch.OutOfMemoryError:
             raise HarnessError(
                 f"out of GPU memory training {tc.batch_size} sequences of {seq_len} tokens (+ {cfg.n_groups} groups of "

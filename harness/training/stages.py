@@ -1,10 +1,13 @@
 """What both training recipes share: stages that write under ``--work`` and are skipped when their
 output exists (a run that was cut off resumes, and stages can be split over several calls of a lent
-GPU), the process layout under ``accelerate launch``, the corpus stage and the training budget."""
+GPU), a training stage longer than one call continued in the next (``--call-minutes``), the process
+layout under ``accelerate launch``, the corpus stage and the training budget."""
 
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import torch
 from harness.errors import HarnessError
 from harness.training.config import RecipeConfig
 from harness.training.corpus import build_corpus
-from harness.training.train import TrainConfig
+from harness.training.train import Chain, TrainConfig, TrainingCut
 
 
 class StageRunner:
@@ -37,6 +40,12 @@ class StageRunner:
         self.timings = json.loads(timings.read_text()) if timings.exists() else {}
         self.tokenizer = self.adaptive = None
         self.outputs: dict[str, Path] = {}  # each stage seen so far: the file that says it is finished
+        # this call trains until then, and leaves the rest of a cut stage to the next call
+        self.stop_at = time.time() + cfg.call_minutes * 60 if cfg.call_minutes is not None else None
+
+    def chain(self, name: str) -> Chain:
+        """Where stage ``name``'s training keeps its state between calls (``W/<name>.state``)."""
+        return Chain(self.work / f"{name}.state", self.stop_at)
 
     def stage(
         self, name: str, output: Path | None, fn, every_process: bool = False, after: tuple[str, ...] = ()
@@ -56,13 +65,34 @@ class StageRunner:
                 f"--stages, or point --work at a directory where it has run"
             )
         if runs and (every_process or shard.is_main):
+            state = self.chain(name).state_dir
+            earlier = self.timings.get(name, 0.0) if state.exists() else 0.0  # a continued stage's earlier calls
             t0 = time.perf_counter()
-            fn()
+            try:
+                fn()
+            except TrainingCut as cut:
+                self._time(name, earlier + time.perf_counter() - t0)
+                if shard.is_main:
+                    print(
+                        f"sdsat-bench: train: stage '{name}' stopped at step {cut.step} of {cut.total} "
+                        f"(--call-minutes {self.cfg.call_minutes:g}); its state is in {cut.state_dir}: run the "
+                        "same command again to continue",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                shard.wait()  # said before any process exits (a launcher stops the rest when one does)
+                raise
+            self._time(name, earlier + time.perf_counter() - t0)
             if shard.is_main:
-                self.timings[name] = time.perf_counter() - t0
-                (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
                 self.log(f"[train] {name}: {self.timings[name]:.1f}s")
+                if state.exists():
+                    shutil.rmtree(state)  # the stage's output is saved: its state between calls is spent
         shard.wait()  # every process sees the same finished stages
+
+    def _time(self, name: str, seconds: float) -> None:
+        if self.shard.is_main:
+            self.timings[name] = seconds
+            (self.work / "timings.json").write_text(json.dumps(self.timings, indent=1))
 
     def make_corpus(self) -> None:
         cfg = self.cfg
@@ -85,7 +115,7 @@ class StageRunner:
 
             trainee, lr = EagleTrainee(base.to(self.device), cfg.distill), cfg.eagle_lr
         tc = self.train_config("drafter", lr, cfg.sdsat_minutes, seed_offset=3, warmup=50)
-        trainee, summary = train(trainee, stream, tc, self.work / f"{kind}_log.jsonl", fim=fim)
+        trainee, summary = train(trainee, stream, tc, self.work / f"{kind}_log.jsonl", fim=fim, chain=self.chain(kind))
         if self.shard.is_main:
             trainee.drafter.save(self.work / kind, base_name)
             added = sum(p.numel() for p in trainee.drafter.parameters())

@@ -1,10 +1,16 @@
 """The training loop, shared by pretraining and SDSAT fine-tuning, under ``accelerate``
-(one process, DDP or FSDP as ``accelerate launch`` configures it)."""
+(one process, DDP or FSDP as ``accelerate launch`` configures it).
+
+A run longer than one call of a lent GPU trains in several (a :class:`Chain`): when the call's time is
+up the loop saves its state (weights and optimiser through ``accelerate``, the step, the fixed step
+count, the elapsed time and every process's data sampling generators) and raises :class:`TrainingCut`;
+the same call later loads it and goes on from that step, as if it had never stopped."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +49,24 @@ class TrainConfig:
     seed: int = 0
     bf16: bool = True
     grad_accum: int = 1  # micro-batches of batch_size per optimiser step (per process)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Where a run that this call cuts short keeps its state, and the wall-clock time (``time.time()``)
+    after which this call cuts it: checked after each optimiser step, so every call makes at least one
+    step (None: never cut)."""
+
+    state_dir: Path
+    stop_at: float | None = None
+
+
+class TrainingCut(Exception):
+    """This call's time is up: the run's state is in ``state_dir``, and the same command continues it."""
+
+    def __init__(self, state_dir: Path, step: int, total: int, processes: int = 1):
+        super().__init__(f"cut at step {step} of {total}; its state is in {state_dir}")
+        self.state_dir, self.step, self.total, self.processes = state_dir, step, total, processes
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -150,22 +174,29 @@ def learning_rate(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 class _Clock:
-    """Steps 1-20 carry start-up costs (allocator, kernel selection): steps 21-60 are timed, and with a
-    time budget the number of steps is fixed then, the same on every process (DDP would wait forever
-    otherwise)."""
+    """A call's first 20 steps carry start-up costs (allocator, kernel selection): the next 40 are timed,
+    and with a time budget the number of steps is fixed then, the same on every process (DDP would wait
+    forever otherwise). A continued run counts the time of its earlier calls, and keeps a step count
+    that an earlier call fixed."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator):
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, first_step: int = 0, elapsed: float = 0.0):
         self.cfg, self.accelerator = cfg, accelerator
-        self.start = time.perf_counter()
-        self.timed_from, self.tokens_at_20 = None, 0
+        self.start = time.perf_counter() - elapsed  # the earlier calls' time counts against the budget
+        self.timed_step = first_step + 20
+        self.timed_from, self.tokens_at_timed = None, 0
+        self.fixed = cfg.time_budget_s is None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
 
     def total_after(self, step: int, total: int, tokens_seen: int) -> int:
-        if step == 20:
-            self.timed_from, self.tokens_at_20 = time.perf_counter(), tokens_seen
-        if step != 60 or self.cfg.time_budget_s is None:
+        if step == self.timed_step:
+            self.timed_from, self.tokens_at_timed = time.perf_counter(), tokens_seen
+        if self.fixed or step != self.timed_step + 40:
             return total
+        self.fixed = True
         per_step = (time.perf_counter() - self.timed_from) / 40
-        left = self.cfg.time_budget_s - (time.perf_counter() - self.start)
+        left = self.cfg.time_budget_s - self.elapsed()
         total = min(self.cfg.max_steps, max(step + 1, step + int(left / per_step)))
         device = self.accelerator.device
         return int(self.accelerator.gather(torch.tensor([total], device=device)).min())
@@ -173,8 +204,8 @@ class _Clock:
     def summary(self, step: int, tokens_seen: int) -> dict:
         end = time.perf_counter()
         out = {"steps": step, "tokens": tokens_seen, "seconds": end - self.start}
-        if self.timed_from is not None and step > 20:  # all processes' tokens per second after the start-up steps
-            out["steady_tokens_per_s"] = (tokens_seen - self.tokens_at_20) / (end - self.timed_from)
+        if self.timed_from is not None and step > self.timed_step:  # all processes' tokens/s after start-up
+            out["steady_tokens_per_s"] = (tokens_seen - self.tokens_at_timed) / (end - self.timed_from)
         return out
 
 
@@ -186,10 +217,12 @@ def train(
     adaptive_ids: list[int] | None = None,
     teacher=None,
     fim: np.ndarray | None = None,
+    chain: Chain | None = None,
 ):
     """Train ``model`` on windows of ``stream`` for ``cfg.max_steps`` or the time budget; returns the
     trained model (one plain module) and a summary. ``teacher`` and ``fim`` (a bool per stream
-    position): see :func:`step_losses`."""
+    position): see :func:`step_losses`. With ``chain``, continue from its saved state if there is one,
+    and raise :class:`TrainingCut` (state saved) when its time is up before the last step."""
     cuda = torch.cuda.is_available()
     # Under accelerate launch / torchrun without CUDA the processes train on CPU over gloo.
     accelerator = Accelerator(
@@ -201,9 +234,14 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     model, opt = accelerator.prepare(model, _optimizer(model, cfg))
     model.train()
-    clock, total, step, tokens_seen = _Clock(cfg, accelerator), cfg.max_steps, 0, 0
+    loop = {"step": 0, "total": cfg.max_steps, "tokens": 0, "elapsed": 0.0, "fixed": False, "calls": 1}
+    if chain is not None and _saved(chain.state_dir, accelerator):
+        loop = _load(chain.state_dir, accelerator, rng, gen)
+    clock = _Clock(cfg, accelerator, loop["step"], loop["elapsed"])
+    clock.fixed = clock.fixed or loop["fixed"]
+    total, step, tokens_seen = loop["total"], loop["step"], loop["tokens"]
     device = accelerator.device
-    with open(log_path, "w") as log:
+    with open(log_path, "a" if step else "w") as log:
         while step < total:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step, total)
@@ -217,9 +255,14 @@ def train(
             total = clock.total_after(step, total, tokens_seen)
             if step % cfg.log_every == 0 or step == total:
                 _log(accelerator, log, losses, step, total, learning_rate(cfg, step, total), clock, tokens_seen)
+            if chain is not None and step < total and _time_up(accelerator, chain.stop_at, step):
+                loop.update(step=step, total=total, tokens=tokens_seen, elapsed=clock.elapsed(), fixed=clock.fixed)
+                _save(chain.state_dir, accelerator, loop, rng, gen)
+                raise TrainingCut(chain.state_dir, step, total, accelerator.num_processes)
         accelerator.wait_for_everyone()
     summary = {
         **clock.summary(step, tokens_seen),
+        "calls": loop["calls"],
         "processes": accelerator.num_processes,
         "distributed_type": str(accelerator.distributed_type),
         "config": asdict(cfg),
@@ -239,8 +282,55 @@ def _micro_step(accelerator, model, opt, x, cfg: TrainConfig, adaptive_ids, gen,
     return losses
 
 
+def _time_up(accelerator: Accelerator, stop_at: float | None, step: int) -> bool:
+    """Whether this call stops now. One process reads its clock (no device sync); several agree every
+    10 steps, all together (one late process would hang the rest), at the cost of one small gather."""
+    if stop_at is None:
+        return False
+    if accelerator.num_processes == 1:
+        return time.time() >= stop_at
+    if step % 10 and step != 1:
+        return False
+    late = torch.tensor([float(time.time() >= stop_at)], device=accelerator.device)
+    return bool(accelerator.gather(late).max() > 0)
+
+
+def _saved(state_dir: Path, accelerator: Accelerator) -> bool:
+    return (Path(state_dir) / f"loop_{accelerator.process_index}.pt").exists()
+
+
+def _save(state_dir: Path, accelerator: Accelerator, loop: dict, rng: np.random.Generator, gen) -> None:
+    """Weights, optimiser and the library RNGs through ``accelerate``, then each process's loop state;
+    written beside the old state and swapped in whole, so that a call killed while saving leaves the
+    previous state intact."""
+    state_dir = Path(state_dir)
+    fresh = state_dir.with_name(state_dir.name + ".new")
+    if accelerator.is_main_process and fresh.exists():
+        shutil.rmtree(fresh)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(fresh), safe_serialization=False)  # tied and frozen weights pickle as they are
+    sampling = {"numpy": rng.bit_generator.state, "torch": gen.get_state()}
+    torch.save({**loop, **sampling}, fresh / f"loop_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if state_dir.exists():
+            shutil.rmtree(state_dir)
+        fresh.rename(state_dir)
+    accelerator.wait_for_everyone()
+
+
+def _load(state_dir: Path, accelerator: Accelerator, rng: np.random.Generator, gen) -> dict:
+    """The loop state a cut call saved, its weights, optimiser and generators restored in place."""
+    accelerator.load_state(str(state_dir))
+    loop = torch.load(Path(state_dir) / f"loop_{accelerator.process_index}.pt", weights_only=False)
+    rng.bit_generator.state = loop.pop("numpy")
+    gen.set_state(loop.pop("torch"))
+    loop["calls"] += 1
+    return loop
+
+
 def _log(accelerator, log, losses: dict, step: int, total: int, lr: float, clock: _Clock, tokens_seen: int) -> None:
-    elapsed = time.perf_counter() - clock.start
+    elapsed = clock.elapsed()
     record = {k: float(v.detach()) for k, v in losses.items()}
     record.update(step=step, total_steps=total, lr=lr, elapsed_s=elapsed, tokens=tokens_seen)
     record["tokens_per_s"] = tokens_seen / elapsed
