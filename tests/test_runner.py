@@ -69,6 +69,7 @@ def test_every_decoder_runs_in_one_run(tmp_path, tiny_checkpoint, capsys):
     assert {r["k"] for r in records if r["decoder"] == "eagle"} == {2, 3}
     facts = json.loads((out / "run.json").read_text())  # the drafters' weights are fingerprinted, as the model's
     assert set(facts["drafter_sha256"]) == {"medusa", "eagle"} and facts["drafter_path"] == drafter
+    assert facts["draft_model_path"] == str(tiny_checkpoint) and facts["draft_model_sha256"] == facts["model_sha256"]
     assert "'medusa' runs at k=2; k=3 is beyond its drafter (k <= 2)" in capsys.readouterr().err
     beyond = ["--tasks", "humaneval", "--decoders", "ar,medusa", "--k", "3", "--limit", "1", "--drafter", drafter]
     assert main(["run", "--model", str(tiny_checkpoint), *beyond, "--out", str(tmp_path / "beyond")]) == 2
@@ -80,10 +81,9 @@ def test_a_draft_model_is_loaded_only_for_the_decoders_that_draft_with_it(tmp_pa
     tokenizer no draft model shares) neither loads nor needs it."""
     missing = str(tmp_path / "no-such-draft")
     args = ["--tasks", "humaneval", "--decoders", "ar,pld", "--k", "2", "--limit", "1", "--max-new-tokens", "4"]
-    assert (
-        main(["run", "--model", str(tiny_checkpoint), *args, "--draft-model", missing, "--out", str(tmp_path / "a")])
-        == 0
-    )
+    out = tmp_path / "a"
+    assert main(["run", "--model", str(tiny_checkpoint), *args, "--draft-model", missing, "--out", str(out)]) == 0
+    assert "draft_model_sha256" not in json.loads((out / "run.json").read_text())  # not read, so not fingerprinted
     with_sps = ["--decoders", "ar,sps", "--draft-model", missing, "--out", str(tmp_path / "b")]
     assert main(["run", "--model", str(tiny_checkpoint), *args[:2], *args[4:], *with_sps]) == 2
     assert "no-such-draft" in capsys.readouterr().err
