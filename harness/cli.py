@@ -123,9 +123,21 @@ def _report_parsers(sub) -> None:
         "--apart", action="append", default=[], metavar="LABEL=DIR", help="a point trained elsewhere, drawn apart"
     )
     p.add_argument(
-        "--run", action="append", default=[], metavar="LABEL=RUN", help="a point's scored greedy HumanEval run: pass@1"
+        "--run",
+        action="append",
+        default=[],
+        metavar="LABEL=RUN",
+        help="a point's scored greedy HumanEval run: pass@1; with sdsat/sdsat-fused beside ar, their speedup",
     )
-    p.add_argument("--out", required=True, help="where size_series.csv and accept_rate_vs_size.png go")
+    p.add_argument(
+        "--probe",
+        action="append",
+        default=[],
+        metavar="LABEL=PROBE_JSON",
+        help="price each run's acceptance at this probe's shape (e.g. 7B=reports/scale/.../probe.json)",
+    )
+    p.add_argument("--probe-engine", default="compile", help="which of the probes' engines to project onto")
+    p.add_argument("--out", required=True, help="where size_series.csv, accept_rate_vs_size.png (and projections) go")
     p.set_defaults(func=_cmd_sizes)
 
     p = sub.add_parser("check", help="gate a run against a baseline: exit 1 when a metric regresses")
@@ -374,7 +386,10 @@ def _cmd_report(args) -> int:
 def _cmd_sizes(args) -> int:
     from harness.size_series import labelled, write_size_series
 
-    for path in write_size_series(labelled(args.works), labelled(args.apart), args.out, labelled(args.run)):
+    runs, probes = labelled(args.run), labelled(args.probe)
+    for path in write_size_series(
+        labelled(args.works), labelled(args.apart), args.out, runs, probes, args.probe_engine
+    ):
         print(f"sizes: {path}")
     return 0
 

@@ -366,6 +366,16 @@ def plot_cost(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def load_probe(path: str | Path, engine: str) -> dict:
+    """A probe.json that measured ``engine``, or one line saying it is not one."""
+    try:
+        probe = json.loads(Path(path).read_text())
+        probe["engines"][engine]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        raise HarnessError(f"--probe: {path} is not a probe.json with engine '{engine}'") from None
+    return probe
+
+
 def project(records: list[dict], probe: dict, engine: str) -> list[dict]:
     """The speedup a run's acceptance would give at the probe's shape and card: per greedy record,
     its tokens per forward pass x (time of an AR pass / time of one of its decoder's passes), paired
@@ -373,7 +383,8 @@ def project(records: list[dict], probe: dict, engine: str) -> list[dict]:
 
     A pass's time is what the probe measured per pass of that decoder and k in whole generations
     (kernels and the host's per-pass work: on a small model the host's share is not negligible);
-    where the probe has no such decoder, the cost curve at its largest block, kernels only."""
+    where the probe has no such decoder, the cost curve at its largest block, kernels only. A record
+    whose largest block is beyond both is not projected: the probe did not measure what it costs."""
     import math
 
     measured = probe["engines"][engine]
@@ -381,17 +392,16 @@ def project(records: list[dict], probe: dict, engine: str) -> list[dict]:
     check_monotone(curve, f"probe of {probe.get('shape')} ({engine})")
 
     def cost(q: int) -> float:
-        fits = [b for b in curve if b >= q]
-        return curve[min(fits)] if fits else curve[max(curve)] * q / max(curve)
+        return curve[min(b for b in curve if b >= q)]
 
     rows = {(d["decoder"], d["k"]): d for d in measured.get("decoders", [])}
     ar_pass = 1e3 / measured["ar_tokens_per_s"] if measured.get("ar_tokens_per_s") else None
 
-    def pass_ratio(decoder: str, k: int, blocks) -> float:
+    def pass_ratio(decoder: str, k: int, blocks) -> float | None:
         row = rows.get((decoder, k))
         if row and ar_pass:
             return ar_pass / (1e3 * row["tokens_per_forward"] / row["tokens_per_s"])
-        return cost(1) / cost(max(blocks))
+        return cost(1) / cost(max(blocks)) if max(blocks) <= max(curve) else None
 
     groups: dict[tuple, list[float]] = {}
     for r in records:
@@ -399,8 +409,11 @@ def project(records: list[dict], probe: dict, engine: str) -> list[dict]:
         blocks = r.get("block_sizes") or rows.get((r["decoder"], r["k"]), {}).get("block_sizes")
         if r["temperature"] != 0 or r["decoder"] == "ar" or not blocks or not r.get("forward_passes"):
             continue
-        ratio = (r["new_tokens"] / r["forward_passes"]) * pass_ratio(r["decoder"], r["k"], blocks)
-        groups.setdefault((r["task"], r["decoder"], r["k"]), []).append(ratio)
+        priced = pass_ratio(r["decoder"], r["k"], blocks)
+        if priced is not None:
+            groups.setdefault((r["task"], r["decoder"], r["k"]), []).append(
+                r["new_tokens"] / r["forward_passes"] * priced
+            )
     return [
         {
             "task": t,

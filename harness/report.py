@@ -178,13 +178,9 @@ def projection_table(
     records: list[dict], table: pd.DataFrame, probe_path: str, engine: str
 ) -> tuple[pd.DataFrame, str]:
     """The run's greedy acceptance projected onto a probe's cost curve, beside the speedup measured."""
-    from harness.probe import project
+    from harness.probe import load_probe, project
 
-    try:
-        probe = json.loads(Path(probe_path).read_text())
-        probe["engines"][engine]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
-        raise HarnessError(f"--probe: {probe_path} is not a probe.json with engine '{engine}'") from None
+    probe = load_probe(probe_path, engine)
     rows = pd.DataFrame(project(records, probe, engine))
     title = (
         f"Projection onto {probe['shape']} on {probe['card']}, {probe['dtype']}, engine {engine} "

@@ -8,6 +8,11 @@ with the series. A point's greedy HumanEval run (``sdsat-bench run --model W/sds
 --allow-code-execution``), named with ``--run LABEL=RUN``, adds its pass@1 (with its interval) and the
 share of completions that repeat a line. ``sdsat-bench sizes`` writes ``size_series.csv`` (one row per
 point, prompt set and k) and ``accept_rate_vs_size.png``.
+
+Where a point's run also holds speculative decoders (``--decoders ar,sdsat,sdsat-fused``), its greedy
+HumanEval acceptance is priced twice: by the run itself (the speedup measured at the point's own size,
+on the run's card) and on each ``--probe`` (a 7B or 13B shape's cost curve: the speedup that acceptance
+would give there). ``size_projection.csv`` holds both and ``speedup_vs_size.png`` draws them.
 """
 
 from __future__ import annotations
@@ -133,15 +138,93 @@ def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
     return save(fig, out)
 
 
+MEASURED = "measured (own size)"
+
+
+def projection_table(
+    table: pd.DataFrame, runs: list[tuple[str, str]], probes: list[tuple[str, str]], engine: str = "compile"
+) -> pd.DataFrame:
+    """Per point with a run of speculative decoders: each decoder's greedy HumanEval speedup at each k,
+    measured by the run (``onto`` = MEASURED) and projected onto each probe (``onto`` = its label)."""
+    from harness.metrics import summarize
+    from harness.probe import load_probe, project
+    from harness.results import RunDirectory
+
+    loaded = [(label, load_probe(path, engine)) for label, path in probes]
+    points = table.drop_duplicates("model").set_index("model")
+    rows = []
+    for label, run in runs:
+        records, info = RunDirectory(run).load()
+        records = [r for r in records if r["task"] == "humaneval" and r["temperature"] == 0]
+        common = {"model": label, "parameters": points.loc[label, "parameters"]}
+        common["pretrained_elsewhere"] = bool(points.loc[label, "pretrained_elsewhere"])
+        summary = summarize(records) if records else pd.DataFrame()
+        card = ", ".join(info.get("machine", {}).get("devices") or []) or "cpu"
+        for _, row in summary[summary["decoder"].isin(SPECULATIVE)].iterrows() if len(summary) else []:
+            rows.append({**common, "decoder": row["decoder"], "k": int(row["k"]), "onto": MEASURED})
+            rows[-1].update(card=card, speedup=row["speedup"])
+        for onto, probe in loaded:
+            for projected in project(records, probe, engine):
+                if projected["decoder"] in SPECULATIVE:
+                    rows.append({**common, "decoder": projected["decoder"], "k": projected["k"], "onto": onto})
+                    rows[-1].update(card=probe["card"], speedup=projected["projected_speedup"])
+    columns = ["model", "parameters", "pretrained_elsewhere", "decoder", "k", "onto", "card", "speedup"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+SPECULATIVE = ("sdsat", "sdsat-fused")  # SDSAT's own decoders: what the series asks of each size
+
+
+def plot_speedup_vs_size(projection: pd.DataFrame, out: Path) -> Path:
+    """Each point's speedup at its best k against parameters, measured and projected, a panel per
+    decoder; points trained elsewhere as lone open markers."""
+    from harness.figures import grid, save
+
+    decoders = [d for d in SPECULATIVE if d in set(projection["decoder"])]
+    fig, axes = grid(len(decoders), columns=2)
+    targets = list(dict.fromkeys(projection["onto"]))
+    colors = {onto: f"C{i}" for i, onto in enumerate(targets)}
+    for ax, decoder in zip(axes, decoders, strict=True):
+        rows = projection[projection["decoder"] == decoder]
+        best = rows.loc[rows.groupby(["model", "onto"])["speedup"].idxmax()]
+        for onto in targets:
+            line = best[(best["onto"] == onto) & ~best["pretrained_elsewhere"]].sort_values("parameters")
+            ax.plot(line["parameters"], line["speedup"], "o-", color=colors[onto], label=onto)
+            for _, point in line.iterrows():
+                xy = (point["parameters"], point["speedup"])
+                ax.annotate(f"k={point['k']}", xy, xytext=(0, 5), textcoords="offset points", ha="center", fontsize=6)
+            apart = best[(best["onto"] == onto) & best["pretrained_elsewhere"]]
+            ax.plot(
+                apart["parameters"], apart["speedup"], "D", color=colors[onto], mfc="none", label=f"{onto}, elsewhere"
+            )
+        ax.axhline(1.0, color="grey", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("parameters")
+        ax.set_ylabel("greedy HumanEval speedup over AR, best k")
+        ax.set_title(decoder, fontsize=9)
+        ax.grid(alpha=0.3)
+    return save(fig, out)
+
+
 def write_size_series(
-    series: list[tuple[str, str]], apart: list[tuple[str, str]], out: str | Path, runs: list[tuple[str, str]] = ()
+    series: list[tuple[str, str]],
+    apart: list[tuple[str, str]],
+    out: str | Path,
+    runs: list[tuple[str, str]] = (),
+    probes: list[tuple[str, str]] = (),
+    engine: str = "compile",
 ) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     table = size_table(series, apart, runs)
     csv = out / "size_series.csv"
     table.to_csv(csv, index=False, float_format="%.4f")
-    return [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
+    written = [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
+    projection = projection_table(table, runs, probes, engine)
+    if len(projection):
+        projection.to_csv(out / "size_projection.csv", index=False, float_format="%.4f")
+        written += [out / "size_projection.csv", plot_speedup_vs_size(projection, out / "speedup_vs_size.png")]
+    return written
 
 
 def labelled(items: list[str]) -> list[tuple[str, str]]:

@@ -116,6 +116,9 @@ def test_projection_is_tokens_per_forward_times_the_cost_ratio():
     (row,) = project(records, probe, "compile")
     expected = math.exp((math.log(2 * 2 / 5) + 2 * math.log(2 * 2 / 2.5)) / 3)
     assert row["projected_speedup"] == pytest.approx(expected)
+    for record in records[:3]:  # beyond the largest measured block: not priced, rather than guessed
+        record["block_sizes"] = [1000]
+    assert project(records, probe, "compile") == []
 
 
 def test_projection_charges_the_probes_measured_pass_of_that_decoder():

@@ -209,7 +209,8 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     # a committed, scored greedy HumanEval run stands in for the toy model's own
     run = Path(__file__).resolve().parent.parent / "reports/retrofit/humaneval-greedy-cpu/smollm2-sdsat-greedy"
     points = [f"toy={tiny_recipe}", "--apart", f"elsewhere={tiny_recipe}"]
-    assert main(["sizes", *points, "--run", f"toy={run}", "--out", str(out)]) == 0
+    probe = Path(__file__).resolve().parent.parent / "reports/scale/7b-compile-h100/fused/probe.json"
+    assert main(["sizes", *points, "--run", f"toy={run}", "--probe", f"7B={probe}", "--out", str(out)]) == 0
     table = pd.read_csv(out / "size_series.csv")
     toy = table[table["model"] == "toy"]
     assert toy["pass@1"].round(4).eq(0.0671).all() and toy["repeated_line_share"].notna().all()
@@ -219,6 +220,14 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     assert set(table["prompts"]) == {"HumanEval", "generic code (held out)"}
     assert table.groupby("pretrained_elsewhere")["model"].first().to_dict() == {False: "toy", True: "elsewhere"}
     assert (out / "accept_rate_vs_size.png").stat().st_size > 0
+    # the run's sdsat rows: their speedup measured at the point's size, and projected onto the 7B probe
+    projection = pd.read_csv(out / "size_projection.csv")
+    assert set(projection["onto"]) == {"measured (own size)", "7B"} and set(projection["model"]) == {"toy"}
+    assert set(projection["decoder"]) == {"sdsat", "sdsat-fused"} and set(projection["k"]) == {3, 5}
+    assert projection["speedup"].gt(0).all() and (out / "speedup_vs_size.png").stat().st_size > 0
+    assert set(projection[projection["onto"] == "7B"]["card"]) == {"NVIDIA H100 80GB HBM3"}
+    assert main(["sizes", f"toy={tiny_recipe}", "--run", f"toy={run}", "--probe", f"7B={run}", "--out", str(out)]) == 2
+    assert "is not a probe.json" in capsys.readouterr().err
     assert main(["sizes", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no readable" in err and "evaluate stage" in err and len(err.splitlines()) == 1
