@@ -65,29 +65,34 @@ class StageRunner:
                 f"--stages, or point --work at a directory where it has run"
             )
         if runs and (every_process or shard.is_main):
-            state = self.chain(name).state_dir
-            earlier = self.timings.get(name, 0.0) if state.exists() else 0.0  # a continued stage's earlier calls
-            t0 = time.perf_counter()
-            try:
-                fn()
-            except TrainingCut as cut:
-                self._time(name, earlier + time.perf_counter() - t0)
-                if shard.is_main:
-                    print(
-                        f"sdsat-bench: train: stage '{name}' stopped at step {cut.step} of {cut.total} "
-                        f"(--call-minutes {self.cfg.call_minutes:g}); its state is in {cut.state_dir}: run the "
-                        "same command again to continue",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                shard.wait()  # said before any process exits (a launcher stops the rest when one does)
-                raise
+            self._run(name, fn)
+        shard.wait()  # every process sees the same finished stages
+
+    def _run(self, name: str, fn) -> None:
+        """``fn``, timed (a continued stage's earlier calls included); a cut said in one line before any
+        process exits (a launcher stops the rest when one does), a finished stage's state removed."""
+        shard, state = self.shard, self.chain(name).state_dir
+        earlier = self.timings.get(name, 0.0) if state.exists() else 0.0
+        t0 = time.perf_counter()
+        try:
+            fn()
+        except TrainingCut as cut:
             self._time(name, earlier + time.perf_counter() - t0)
             if shard.is_main:
-                self.log(f"[train] {name}: {self.timings[name]:.1f}s")
-                if state.exists():
-                    shutil.rmtree(state)  # the stage's output is saved: its state between calls is spent
-        shard.wait()  # every process sees the same finished stages
+                print(
+                    f"sdsat-bench: train: stage '{name}' stopped at step {cut.step} of {cut.total} (--call-minutes "
+                    f"{self.cfg.call_minutes:g}); its state is in {cut.state_dir}: run the same command again to "
+                    "continue",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            shard.wait()
+            raise
+        self._time(name, earlier + time.perf_counter() - t0)
+        if shard.is_main:
+            self.log(f"[train] {name}: {self.timings[name]:.1f}s")
+            if state.exists():
+                shutil.rmtree(state)  # the stage's output is saved: its state between calls is spent
 
     def _time(self, name: str, seconds: float) -> None:
         if self.shard.is_main:

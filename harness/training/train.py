@@ -234,9 +234,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed + rank)
     model, opt = accelerator.prepare(model, _optimizer(model, cfg))
     model.train()
-    loop = {"step": 0, "total": cfg.max_steps, "tokens": 0, "elapsed": 0.0, "fixed": False, "calls": 1}
-    if chain is not None and _saved(chain.state_dir, accelerator):
-        loop = _load(chain.state_dir, accelerator, rng, gen)
+    loop = _start(cfg, chain, accelerator, rng, gen)
     clock = _Clock(cfg, accelerator, loop["step"], loop["elapsed"])
     clock.fixed = clock.fixed or loop["fixed"]
     total, step, tokens_seen = loop["total"], loop["step"], loop["tokens"]
@@ -257,8 +255,7 @@ def train(
                 _log(accelerator, log, losses, step, total, learning_rate(cfg, step, total), clock, tokens_seen)
             if chain is not None and step < total and _time_up(accelerator, chain.stop_at, step):
                 loop.update(step=step, total=total, tokens=tokens_seen, elapsed=clock.elapsed(), fixed=clock.fixed)
-                _save(chain.state_dir, accelerator, loop, rng, gen)
-                raise TrainingCut(chain.state_dir, step, total, accelerator.num_processes)
+                _cut(chain.state_dir, accelerator, loop, rng, gen)
         accelerator.wait_for_everyone()
     summary = {
         **clock.summary(step, tokens_seen),
@@ -295,8 +292,16 @@ def _time_up(accelerator: Accelerator, stop_at: float | None, step: int) -> bool
     return bool(accelerator.gather(late).max() > 0)
 
 
-def _saved(state_dir: Path, accelerator: Accelerator) -> bool:
-    return (Path(state_dir) / f"loop_{accelerator.process_index}.pt").exists()
+def _start(cfg: TrainConfig, chain: Chain | None, accelerator: Accelerator, rng: np.random.Generator, gen) -> dict:
+    """Where the loop starts: the state an earlier call saved, or step 0."""
+    if chain is not None and (Path(chain.state_dir) / f"loop_{accelerator.process_index}.pt").exists():
+        return _load(chain.state_dir, accelerator, rng, gen)
+    return {"step": 0, "total": cfg.max_steps, "tokens": 0, "elapsed": 0.0, "fixed": False, "calls": 1}
+
+
+def _cut(state_dir: Path, accelerator: Accelerator, loop: dict, rng: np.random.Generator, gen) -> None:
+    _save(state_dir, accelerator, loop, rng, gen)
+    raise TrainingCut(Path(state_dir), loop["step"], loop["total"], accelerator.num_processes)
 
 
 def _save(state_dir: Path, accelerator: Accelerator, loop: dict, rng: np.random.Generator, gen) -> None:
