@@ -188,6 +188,7 @@ _TRAIN_HELP = {
     "grad_accum": "micro-batches per optimiser step",
     "max_steps": "train every model stage for exactly this many optimiser steps (default: for --*-minutes)",
     "sdsat_steps": "the sdsat stage alone for exactly this many steps (a size series' equal SDSAT token budget)",
+    "pretrain_steps": "the pretrain stage alone for exactly this many steps (a size series' equal pretraining tokens)",
     "repeated_adaptive": "one adaptive id for every offset",
     "draft_minutes": "stage 'draft': pretraining of the draft model",
     "compare_minutes": "stage 'compare': minutes per variant",

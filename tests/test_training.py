@@ -243,8 +243,8 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
 
 
 def test_sdsat_steps_fix_the_fine_tune_alone(tmp_path):
-    """A size series gives every size the same SDSAT tokens (--sdsat-steps) while pretraining keeps its
-    minutes; --max-steps still fixes every stage."""
+    """A size series gives every size the same SDSAT tokens (--sdsat-steps) and, with --pretrain-steps,
+    the same pretraining tokens; --max-steps still fixes every stage."""
     from harness.training.stages import StageRunner
 
     runner = StageRunner(RecipeConfig(work=str(tmp_path), sdsat_steps=7), (), print)
@@ -253,6 +253,11 @@ def test_sdsat_steps_fix_the_fine_tune_alone(tmp_path):
     assert runner.train_config("pretrain", 1e-3, 2.0).time_budget_s == 120.0
     fixed = StageRunner(RecipeConfig(work=str(tmp_path), max_steps=3), (), print)
     assert fixed.train_config("pretrain", 1e-3, 2.0).max_steps == 3
+    # --pretrain-steps: the base's pretraining alone; the draft model, pretrained too, keeps its minutes
+    equal = StageRunner(RecipeConfig(work=str(tmp_path), pretrain_steps=9), (), print)
+    assert equal.train_config("pretrain", 1e-3, 2.0, name="pretrain").max_steps == 9
+    assert equal.train_config("pretrain", 1e-3, 1.5, name="draft").time_budget_s == 90.0
+    assert equal.train_config("sdsat", 1e-3, 2.0).time_budget_s == 120.0
 
 
 def test_a_stage_without_its_prerequisites_is_one_line_naming_the_missing_stage(tmp_path, capsys):

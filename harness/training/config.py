@@ -63,6 +63,9 @@ class RecipeConfig:
     max_steps: int | None = None  # train exactly this many optimiser steps instead of for minutes
     # The sdsat stage alone for exactly this many steps (a size series: every size the same SDSAT tokens)
     sdsat_steps: int | None = None
+    # The pretrain stage alone for exactly this many steps (a size series: every size the same pretraining
+    # tokens, so that a larger model is also a better one, as the paper's 7B and 13B are)
+    pretrain_steps: int | None = None
     # Train for at most this many minutes of this call, then save the cut stage's state (W/<stage>.state)
     # for the same command to continue: a model that needs longer than one call of a lent GPU.
     call_minutes: float | None = None

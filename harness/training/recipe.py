@@ -119,7 +119,7 @@ class _Recipe(StageRunner):
         torch.manual_seed(self.cfg.seed)  # the same initial weights in every process
         model = LlamaForCausalLM(config).to(self.device)
         stream = np.asarray(np.load(self.work / "train.npy", mmap_mode="r"))
-        tc = self.train_config("pretrain", self.cfg.pretrain_lr, minutes)
+        tc = self.train_config("pretrain", self.cfg.pretrain_lr, minutes, name=name)
         model, summary = train(model, stream, tc, self.work / f"{name}_log.jsonl", chain=self.chain(name))
         self.save(model, out_dir, name, summary, None)
 

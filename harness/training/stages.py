@@ -127,17 +127,21 @@ class StageRunner:
             summary = {**summary, "kind": kind, "parameters_added": added}
             (self.work / f"{kind}_summary.json").write_text(json.dumps(summary, indent=1))
 
-    def budget(self, minutes: float, mode: str = "") -> dict:
+    def budget(self, minutes: float, mode: str = "", name: str = "") -> dict:
         """A fixed number of optimiser steps if asked for (``--sdsat-steps`` for the SDSAT fine-tune
-        alone), else a time budget."""
-        if mode == "sdsat" and self.cfg.sdsat_steps:
-            return {"max_steps": self.cfg.sdsat_steps, "time_budget_s": None}
+        alone, ``--pretrain-steps`` for the base's pretraining alone), else a time budget."""
+        fixed = {"sdsat": self.cfg.sdsat_steps, "pretrain": self.cfg.pretrain_steps}.get(name or mode)
+        if fixed:
+            return {"max_steps": fixed, "time_budget_s": None}
         if self.cfg.max_steps:
             return {"max_steps": self.cfg.max_steps, "time_budget_s": None}
         return {"time_budget_s": minutes * 60}
 
-    def train_config(self, mode: str, lr: float, minutes: float, seed_offset: int = 0, **more) -> TrainConfig:
+    def train_config(
+        self, mode: str, lr: float, minutes: float, seed_offset: int = 0, name: str = "", **more
+    ) -> TrainConfig:
+        """``name``: the stage, where it differs from the mode (the draft model pretrains, on its own budget)."""
         cfg = self.cfg
         common = {"seq_len": cfg.seq_len, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "bf16": cfg.bf16}
-        settings = {**common, **self.budget(minutes, mode), **more}  # ``more`` may override a common setting
+        settings = {**common, **self.budget(minutes, mode, name), **more}  # ``more`` may override a common setting
         return TrainConfig(mode=mode, lr=lr, seed=cfg.seed + seed_offset, **settings)
