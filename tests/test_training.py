@@ -346,3 +346,22 @@ def test_call_minutes_split_a_stage_over_calls_that_exit_3(tiny_recipe, tmp_path
     assert summary["steps"] == 3 and summary["calls"] == 3
     assert (work / "base" / "config.json").exists() and not (work / "pretrain.state").exists()
     assert len((work / "pretrain_log.jsonl").read_text().splitlines()) == 1  # step 3 of 3: the last is logged
+
+
+def test_a_continued_run_keeps_its_fixed_step_count_and_counts_its_earlier_time():
+    """A time budget fixes the step count once, after a call's first 60 steps; a continued run keeps a
+    count an earlier call fixed, times its own steps when none was fixed yet, and charges the earlier
+    calls' time against the budget."""
+    from types import SimpleNamespace
+
+    from harness.training.train import TrainConfig, _Clock
+
+    accelerator = SimpleNamespace(device="cpu", gather=lambda t: t)
+    cfg = TrainConfig(time_budget_s=1000.0, max_steps=10_000)
+    fixed = _Clock(cfg, accelerator, {"step": 70, "elapsed": 400.0, "fixed": True})
+    assert fixed.elapsed() >= 400.0
+    assert [fixed.total_after(s, 5_000, 0) for s in (90, 130, 131)] == [5_000] * 3
+    unfixed = _Clock(cfg, accelerator, {"step": 5, "elapsed": 1001.0, "fixed": False})
+    assert unfixed.timed_step == 25 and unfixed.total_after(25, 10_000, 0) == 10_000
+    # at step 65 the count is fixed: the earlier calls spent the whole budget, so one more step
+    assert unfixed.total_after(65, 10_000, 0) == 66 and unfixed.fixed

@@ -179,12 +179,12 @@ class _Clock:
     forever otherwise). A continued run counts the time of its earlier calls, and keeps a step count
     that an earlier call fixed."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, first_step: int = 0, elapsed: float = 0.0):
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, loop: dict):
         self.cfg, self.accelerator = cfg, accelerator
-        self.start = time.perf_counter() - elapsed  # the earlier calls' time counts against the budget
-        self.timed_step = first_step + 20
+        self.start = time.perf_counter() - loop["elapsed"]  # the earlier calls' time counts against the budget
+        self.timed_step = loop["step"] + 20
         self.timed_from, self.tokens_at_timed = None, 0
-        self.fixed = cfg.time_budget_s is None
+        self.fixed = cfg.time_budget_s is None or loop["fixed"]
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -235,8 +235,7 @@ def train(
     model, opt = accelerator.prepare(model, _optimizer(model, cfg))
     model.train()
     loop = _start(cfg, chain, accelerator, rng, gen)
-    clock = _Clock(cfg, accelerator, loop["step"], loop["elapsed"])
-    clock.fixed = clock.fixed or loop["fixed"]
+    clock = _Clock(cfg, accelerator, loop)
     total, step, tokens_seen = loop["total"], loop["step"], loop["tokens"]
     device = accelerator.device
     with open(log_path, "a" if step else "w") as log:
