@@ -204,6 +204,12 @@ class ProbeConfig:
         "own matrices: the baseline the fusion is measured against)",
         choices=("fused", "separate"),
     )
+    attn_implementation: str = setting(
+        "sdpa",
+        "transformers' attention, as a run's --attn-implementation: sdpa | eager (matmul + softmax, fused "
+        "by the compile engine)",
+        choices=("sdpa", "eager"),
+    )
 
 
 DEFAULTS = {f.name: f.default for f in fields(RunConfig) if f.name not in ("model", "tasks")}

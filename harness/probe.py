@@ -130,7 +130,9 @@ def synthetic_model(cfg: ProbeConfig):
     config = LlamaConfig(**shape_config(cfg.shape, base.model.config))
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.dtype]).eval()
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
+        ).eval()
     if device.type == "cuda" and cfg.projections == "fused":  # as load_model does for the compiled engine
         from harness.engine.fusion import fuse_projections
 
@@ -317,6 +319,7 @@ def measure(cfg: ProbeConfig, lm, names: tuple[str, ...], decoders, drafter: str
     common = {
         "shape": cfg.shape,
         "dtype": cfg.dtype,
+        "attn_implementation": cfg.attn_implementation,
         "card": card,
         "parameters": sum(p.numel() for p in lm.model.parameters()),
         "context": CONTEXT,

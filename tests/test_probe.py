@@ -64,7 +64,7 @@ def test_probe_writes_cost_curve_and_all_accept_ceilings(probe):
     result, out = probe
     assert (out / "cost_vs_block.png").exists()
     assert result["parameters"] > 0 and result["roofline"]["weight_bytes"] > 0
-    assert "cost, never acceptance" in result["note"]
+    assert "cost, never acceptance" in result["note"] and result["attn_implementation"] == "sdpa"
     engine = result["engines"]["eager"]
     assert set(engine["cost_ms"]) == {"1", "2", "4"} and all(ms > 0 for ms in engine["cost_ms"].values())
     by_name = {(d["decoder"], d["k"]): d for d in engine["decoders"]}
@@ -206,3 +206,11 @@ def test_probe_refuses_a_decoder_it_cannot_draft_for(tmp_path, capsys):
     args = ["--shape", "codellama-7b", "--decoders", "pld", "--device", "cpu", "--out", str(tmp_path)]
     assert main(["probe", *args]) == 2
     assert "cannot probe 'pld'" in capsys.readouterr().err
+
+
+def test_the_probe_builds_its_shape_with_the_attention_a_run_would_use(tmp_path):
+    """--attn-implementation eager: the attention the compile engine fuses, measured against sdpa's."""
+    shape = tmp_path / "config.json"
+    shape.write_text(json.dumps(TINY))
+    lm = probe_module.synthetic_model(ProbeConfig(shape=str(shape), device="cpu", attn_implementation="eager"))
+    assert lm.model.config._attn_implementation == "eager"
