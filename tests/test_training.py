@@ -365,3 +365,23 @@ def test_a_continued_run_keeps_its_fixed_step_count_and_counts_its_earlier_time(
     assert unfixed.timed_step == 25 and unfixed.total_after(25, 10_000, 0) == 10_000
     # at step 65 the count is fixed: the earlier calls spent the whole budget, so one more step
     assert unfixed.total_after(65, 10_000, 0) == 66 and unfixed.fixed
+
+
+def test_a_drafter_stage_cut_by_the_call_continues_in_the_next(tiny_recipe, tmp_path):
+    """--call-minutes on a drafter over a frozen base (its trainee holds the base and the heads): the
+    next call finishes it and saves heads that the medusa decoder reads."""
+    import shutil
+
+    from harness.training.train import TrainingCut
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_recipe, work, ignore=shutil.ignore_patterns("medusa*", "eagle*", "compare*", "*.state"))
+    cfg = RecipeConfig(work=str(work), roots=("unused",), mb_per_lang={}, max_k=4, seq_len=64, batch_size=4)
+    cfg = dataclasses.replace(cfg, max_steps=2, medusa_heads=2, medusa_own_projections=True, call_minutes=0)
+    with pytest.raises(TrainingCut):
+        run(cfg, stages=("medusa",), log=lambda *_: None)
+    assert (work / "medusa.state").is_dir() and not (work / "medusa" / "drafter.json").exists()
+    run(cfg, stages=("medusa",), log=lambda *_: None)
+    assert json.loads((work / "medusa_summary.json").read_text())["calls"] == 2
+    assert json.loads((work / "medusa" / "drafter.json").read_text())["heads"] == 2
+    assert not (work / "medusa.state").exists()
