@@ -194,13 +194,13 @@ def plot_speedup_vs_size(projection: pd.DataFrame, out: Path) -> Path:
                 xy = (point["parameters"], point["speedup"])
                 ax.annotate(f"k={point['k']}", xy, xytext=(0, 5), textcoords="offset points", ha="center", fontsize=6)
             apart = best[(best["onto"] == onto) & best["pretrained_elsewhere"]]
-            ax.plot(
-                apart["parameters"], apart["speedup"], "D", color=colors[onto], mfc="none", label=f"{onto}, elsewhere"
-            )
+            if len(apart):
+                label = f"{onto}, pretrained elsewhere"
+                ax.plot(apart["parameters"], apart["speedup"], "D", color=colors[onto], mfc="none", label=label)
         ax.axhline(1.0, color="grey", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
-        ax.set_ylabel("greedy HumanEval speedup over AR, best k")
+        ax.set_ylabel("HumanEval speedup over AR (best k)")
         ax.set_title(decoder, fontsize=9)
         ax.grid(alpha=0.3)
     return save(fig, out)
