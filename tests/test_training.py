@@ -320,6 +320,16 @@ def test_a_run_cut_after_every_step_ends_with_the_weights_of_one_uncut_run(tmp_p
     assert [json.loads(line)["loss"] for line in cut_log] == losses  # one log, every step once
 
 
+def test_a_continued_run_drops_the_log_lines_of_steps_it_makes_again(tmp_path):
+    """A call killed past its last save logged steps beyond the saved state: they are made again."""
+    from harness.training.train import _log_until
+
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in (1, 2, 3, 4)))
+    _log_until(log, 2)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2]
+
+
 def test_call_minutes_split_a_stage_over_calls_that_exit_3(tiny_recipe, tmp_path, capsys):
     """`train --call-minutes`: a call whose time is up saves the cut stage and exits 3 with one line;
     the same command continues it, and the finished stage leaves no state behind."""

@@ -238,6 +238,8 @@ def train(
     clock = _Clock(cfg, accelerator, loop)
     total, step, tokens_seen = loop["total"], loop["step"], loop["tokens"]
     device = accelerator.device
+    if step and accelerator.is_main_process:
+        _log_until(log_path, step)
     with open(log_path, "a" if step else "w") as log:
         while step < total:
             for group in opt.param_groups:
@@ -331,6 +333,15 @@ def _load(state_dir: Path, accelerator: Accelerator, rng: np.random.Generator, g
     gen.set_state(loop.pop("torch"))
     loop["calls"] += 1
     return loop
+
+
+def _log_until(log_path: str | Path, step: int) -> None:
+    """The log of a continued run up to its saved step: a call killed past its last save (no time left
+    to cut) logged steps that the continued run makes again."""
+    path = Path(log_path)
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(f"{line}\n" for line in kept))
 
 
 def _log(accelerator, log, losses: dict, step: int, total: int, lr: float, clock: _Clock, tokens_seen: int) -> None:
