@@ -91,7 +91,7 @@ def _progress_bar(shard, units: int, todo: int, progress: bool):
 def _facts(cfg: RunConfig, bench, units: int, processes: int, devices: list) -> dict:
     """What run.json says of the data, the model and the machines besides the configuration."""
     from harness import weights
-    from harness.decoding import decoder_spec
+    from harness.decoding import reads_draft_model
     from harness.decoding.features import read_drafter_config
     from harness.provenance import machine
     from harness.training import DRAFTERS
@@ -102,7 +102,7 @@ def _facts(cfg: RunConfig, bench, units: int, processes: int, devices: list) -> 
     if cfg.drafter is not None and readers:  # the trained drafters the run read: their weights, as the model's
         drafter = {"drafter_path": str(weights.resolve_drafter(cfg.drafter))}
         drafter["drafter_sha256"] = {d: weights.dir_sha256(read_drafter_config(cfg.drafter, d)[0]) for d in readers}
-    if cfg.draft_model and any(decoder_spec(d).needs_draft_model for d in cfg.decoders):  # loaded, so read
+    if cfg.draft_model and reads_draft_model(cfg.decoders):  # what load_models loaded
         draft = weights.resolve(cfg.draft_model)
         drafter.update(draft_model_path=draft.path, draft_model_sha256=weights.fingerprint(draft))
     return {

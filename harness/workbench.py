@@ -24,6 +24,7 @@ from harness.decoding import (
     is_control,
     make_decoder,
     missing_draft_model,
+    reads_draft_model,
 )
 from harness.device import keep_busy
 from harness.errors import HarnessError
@@ -70,8 +71,7 @@ def load_models(
     spec = replace(cfg.model_spec, device=device)
     lm, draft = load_model(spec), None
     needs = [decoder_spec(d) for d in decoders]
-    # a suite names a draft model for its sps row; a run that leaves sps out neither loads nor needs it
-    if cfg.draft_model and any(need.needs_draft_model for need in needs):
+    if cfg.draft_model and reads_draft_model(decoders):
         # the model's device, dtype and attention; its own adaptive tokens, the default engine
         draft = load_model(replace(spec, model=cfg.draft_model, adaptive_tokens=None, engine=ModelSpec.engine))
     for need in needs:

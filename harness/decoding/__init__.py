@@ -205,6 +205,12 @@ def decoder_spec(name: str) -> DecoderSpec:
         raise HarnessError(f"unknown decoder '{name}' (choose from {', '.join(REGISTRY)})") from None
 
 
+def reads_draft_model(decoders) -> bool:
+    """Whether any of ``decoders`` drafts with a separate draft model (``--draft-model``): a suite names
+    one for its sps row, and a run that leaves sps out neither loads nor reads it."""
+    return any(decoder_spec(d).needs_draft_model for d in decoders)
+
+
 def is_control(name: str) -> bool:
     """Whether records of ``name`` are a control (their pass@k checks the scoring, not a decoder)."""
     return name in CONTROLS
@@ -239,4 +245,5 @@ __all__ = [
     "is_control",
     "make_decoder",
     "missing_draft_model",
+    "reads_draft_model",
 ]
