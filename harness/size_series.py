@@ -73,13 +73,20 @@ def point_rows(label: str, work: str | Path, apart: bool = False) -> list[dict]:
 RUN_COLUMNS = ("pass@1", "pass@1_lo", "pass@1_hi", "repeated_line_share")
 
 
-def greedy_humaneval(label: str, run: str | Path) -> dict:
-    """pass@1 and the repeated-line share of a run's greedy ``ar`` HumanEval row."""
+def humaneval_greedy_rows(label: str, run: str | Path) -> pd.DataFrame:
+    """The greedy HumanEval rows of a run's summary.csv, or one line saying it has none to read."""
     summary = Path(run) / "summary.csv"
     if not summary.exists():
         raise HarnessError(f"{label}: {summary} is missing (a run directory, scored and reported?)")
     table = pd.read_csv(summary)
-    row = table[(table["task"] == "humaneval") & (table["decoder"] == "ar") & (table["temperature"] == 0)]
+    return table[(table["task"] == "humaneval") & (table["temperature"] == 0)]
+
+
+def greedy_humaneval(label: str, run: str | Path) -> dict:
+    """pass@1 and the repeated-line share of a run's greedy ``ar`` HumanEval row."""
+    summary = Path(run) / "summary.csv"
+    greedy = humaneval_greedy_rows(label, run)
+    row = greedy[greedy["decoder"] == "ar"]
     if row.empty or "pass@1" not in row or pd.isna(row.iloc[0]["pass@1"]):  # unjudged: no pass@1 column
         raise HarnessError(
             f"{label}: {summary} has no scored greedy ar row on humaneval "
@@ -139,6 +146,7 @@ def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
 
 
 MEASURED = "measured (own size)"
+SPECULATIVE = ("sdsat", "sdsat-fused")  # SDSAT's own decoders: what the series asks of each size
 
 
 def projection_table(
@@ -146,7 +154,6 @@ def projection_table(
 ) -> pd.DataFrame:
     """Per point with a run of speculative decoders: each decoder's greedy HumanEval speedup at each k,
     measured by the run (``onto`` = MEASURED) and projected onto each probe (``onto`` = its label)."""
-    from harness.metrics import summarize
     from harness.probe import load_probe, project
     from harness.results import RunDirectory
 
@@ -154,25 +161,42 @@ def projection_table(
     points = table.drop_duplicates("model").set_index("model")
     rows = []
     for label, run in runs:
+        point = points.loc[label]
+        common = {
+            "model": label,
+            "parameters": point["parameters"],
+            "pretrained_elsewhere": point["pretrained_elsewhere"],
+        }
         records, info = RunDirectory(run).load()
-        records = [r for r in records if r["task"] == "humaneval" and r["temperature"] == 0]
-        common = {"model": label, "parameters": points.loc[label, "parameters"]}
-        common["pretrained_elsewhere"] = bool(points.loc[label, "pretrained_elsewhere"])
-        summary = summarize(records) if records else pd.DataFrame()
         card = ", ".join(info.get("machine", {}).get("devices") or []) or "cpu"
-        for _, row in summary[summary["decoder"].isin(SPECULATIVE)].iterrows() if len(summary) else []:
-            rows.append({**common, "decoder": row["decoder"], "k": int(row["k"]), "onto": MEASURED})
-            rows[-1].update(card=card, speedup=row["speedup"])
+        measured = humaneval_greedy_rows(label, run)
+        for _, row in measured[measured["decoder"].isin(SPECULATIVE)].iterrows():
+            rows.append(
+                {
+                    **common,
+                    "decoder": row["decoder"],
+                    "k": row["k"],
+                    "onto": MEASURED,
+                    "card": card,
+                    "speedup": row["speedup"],
+                }
+            )
+        humaneval = [r for r in records if r["task"] == "humaneval"]  # project() keeps the greedy ones
         for onto, probe in loaded:
-            for projected in project(records, probe, engine):
-                if projected["decoder"] in SPECULATIVE:
-                    rows.append({**common, "decoder": projected["decoder"], "k": projected["k"], "onto": onto})
-                    rows[-1].update(card=probe["card"], speedup=projected["projected_speedup"])
+            for p in project(humaneval, probe, engine):
+                if p["decoder"] in SPECULATIVE:
+                    rows.append(
+                        {
+                            **common,
+                            "decoder": p["decoder"],
+                            "k": p["k"],
+                            "onto": onto,
+                            "card": probe["card"],
+                            "speedup": p["projected_speedup"],
+                        }
+                    )
     columns = ["model", "parameters", "pretrained_elsewhere", "decoder", "k", "onto", "card", "speedup"]
     return pd.DataFrame(rows, columns=columns)
-
-
-SPECULATIVE = ("sdsat", "sdsat-fused")  # SDSAT's own decoders: what the series asks of each size
 
 
 def plot_speedup_vs_size(projection: pd.DataFrame, out: Path) -> Path:
