@@ -92,7 +92,8 @@ def greedy_humaneval(label: str, run: str | Path) -> dict:
             f"{label}: {summary} has no scored greedy ar row on humaneval "
             f"(judge it with sdsat-bench score {run} --allow-code-execution)"
         )
-    return {column: row.iloc[0][column] for column in RUN_COLUMNS}
+    # a run of fewer problems than an interval needs has no pass@1_lo/_hi column
+    return {column: row.iloc[0].get(column) for column in RUN_COLUMNS}
 
 
 def size_table(

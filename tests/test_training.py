@@ -7,6 +7,7 @@ import dataclasses
 import gzip
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -233,9 +234,14 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     assert "no readable" in err and "evaluate stage" in err and len(err.splitlines()) == 1
     assert main(["sizes", f"toy={tiny_recipe}", "--run", f"other={run}", "--out", str(out)]) == 2
     assert "no point is labelled 'other'" in capsys.readouterr().err
+    few = tmp_path / "few"  # a run of fewer problems than a Wilson interval needs: no pass@1_lo/_hi columns
+    shutil.copytree(run, few)
+    summary = pd.read_csv(run / "summary.csv")
+    summary.drop(columns=["pass@1_lo", "pass@1_hi"]).to_csv(few / "summary.csv", index=False)
+    assert main(["sizes", f"toy={tiny_recipe}", "--run", f"toy={few}", "--out", str(out)]) == 0
+    assert pd.read_csv(out / "size_series.csv")["pass@1_lo"].isna().all()
     unjudged = tmp_path / "unjudged"  # generated without --allow-code-execution: no pass@1 column at all
     unjudged.mkdir()
-    summary = pd.read_csv(run / "summary.csv")
     summary.drop(columns=[c for c in summary if c.startswith("pass@")]).to_csv(unjudged / "summary.csv", index=False)
     assert main(["sizes", f"toy={tiny_recipe}", "--run", f"toy={unjudged}", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
