@@ -132,18 +132,27 @@ def plot_accept_rate_vs_size(table: pd.DataFrame, out: Path) -> Path:
                 if k == FIGURE_KS[0]:  # the name once, above the point's markers
                     xy = (point["parameters"], point["accept_rate"])
                     ax.annotate(point["model"], xy, xytext=(0, 8), textcoords="offset points", ha="center", fontsize=7)
-        ax.set_xscale("log")
+        # One parameter axis on every panel, so that a point missing from one set (a retrofit evaluated
+        # before the generic prompts existed) does not shift its axis against the other's.
+        parameter_axis(ax, table["parameters"])
         ax.set_ylim(0, 1)
-        ax.set_xlabel("parameters")
         ax.set_ylabel("greedy accept rate (sdsat)")
         ax.set_title(prompt_set, fontsize=9)
         ax.grid(alpha=0.3)
-    # One parameter range on every panel, so that a point missing from one set (a retrofit evaluated
-    # before the generic prompts existed) does not shift its axis against the other's.
-    low, high = table["parameters"].min(), table["parameters"].max()
-    for ax in axes[: len(sets)]:
-        ax.set_xlim(low / 1.5, high * 1.5)
     return save(fig, out)
+
+
+def parameter_axis(ax, parameters: pd.Series) -> None:
+    """A log parameter axis ticked at the points' own sizes ("13.7M"): a series spans one or two decades,
+    where matplotlib's minor log labels run into each other."""
+    from matplotlib.ticker import NullFormatter
+
+    sizes = sorted(set(parameters))
+    ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n / 1e6:.3g}M" for n in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(min(sizes) / 1.5, max(sizes) * 1.5)
+    ax.set_xlabel("parameters")
 
 
 MEASURED = "measured (own size)"
@@ -223,8 +232,7 @@ def plot_speedup_vs_size(projection: pd.DataFrame, out: Path) -> Path:
                 label = f"{onto}, pretrained elsewhere"
                 ax.plot(apart["parameters"], apart["speedup"], "D", color=colors[onto], mfc="none", label=label)
         ax.axhline(1.0, color="grey", linewidth=0.8)
-        ax.set_xscale("log")
-        ax.set_xlabel("parameters")
+        parameter_axis(ax, projection["parameters"])
         ax.set_ylabel("HumanEval speedup over AR (best k)")
         ax.set_title(decoder, fontsize=9)
         ax.grid(alpha=0.3)
