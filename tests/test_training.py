@@ -199,6 +199,47 @@ def test_sdsat_training_step_reduces_loss():
     assert float(losses["adaptive"].detach()) < first
 
 
+def test_an_evaluate_killed_mid_sweep_goes_on_where_it_stopped(tiny_recipe, tmp_path, monkeypatch):
+    """A call's time limit can kill the evaluate stage mid-sweep (a 135M retrofit sweeps for longer than
+    one 10-minute call): the next call measures only the points not yet measured, and ends with the sweeps
+    an uncut run gives; another model or other settings start afresh; eval.json's writer removes the file."""
+    import harness.training.evaluation as evaluation
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_recipe, work, symlinks=True)
+    lm = load_model(str(work / "sdsat"))
+    cfg = RecipeConfig(work=str(work), humaneval_path=str(HUMANEVAL), eval_prompts=2, eval_max_new_tokens=8)
+    measured = []
+    real = evaluation.greedy_acceptance
+
+    def counted(lm, prompts, k, *args):
+        if len(measured) == 3 and kill:
+            raise KeyboardInterrupt  # the call's time limit, after three points
+        measured.append(k)
+        return real(lm, prompts, k, *args)
+
+    monkeypatch.setattr(evaluation, "greedy_acceptance", counted)
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None)
+    kill = False
+    continued = evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None)
+    points = 2 * (lm.adaptive.max_k + 1)  # two prompt sets, k = 0..max_k
+    assert len(measured) == points  # none measured twice
+    measured.clear()
+    (work / evaluation.SWEEPS_SO_FAR).unlink()
+    assert evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None) == continued
+    assert len(measured) == points
+    measured.clear()  # other settings: the points kept are not theirs
+    evaluation.acceptance_sweeps(lm, dataclasses.replace(cfg, eval_max_new_tokens=6), work, lambda *_: None)
+    assert len(measured) == points
+    from harness.training.recipe import evaluate
+
+    monkeypatch.setattr("harness.training.recipe.acceptance_sweeps", lambda *a: {})
+    evaluate(cfg, work, "cpu", lambda *_: None)
+    assert (work / "eval.json").exists() and not (work / evaluation.SWEEPS_SO_FAR).exists()
+
+
 def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     """`sdsat-bench sizes`: one row per point, prompt set and k, with its parameters; a point trained
     elsewhere is flagged and drawn apart; a directory without eval.json is one line."""

@@ -5,8 +5,10 @@ code prompts (the first lines of held-out corpus documents)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from harness.training.train import cross_entropy
 
 EVAL_MAX_K = 13  # the paper's Figures 3/4 run k = 1..13
 HELDOUT_PROMPT_LINES = 12  # a generic prompt: the first lines of a held-out document
+SWEEPS_SO_FAR = "eval_sweeps.partial.json"  # beside eval.json until it is written (SweepProgress)
 
 
 def humaneval_prompts(path: str | None, limit: int) -> list[str]:
@@ -69,11 +72,40 @@ def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int, stop_
     }
 
 
-def greedy_sweep(lm, prompts: list[str], max_k: int, max_new_tokens: int, stop_strings=(), log=print) -> dict:
-    """``greedy_acceptance`` at k = 0..max_k (k = 0: AR), as eval.json holds it."""
+class SweepProgress:
+    """The sweeps' finished (prompt set, k) points, written beside eval.json as each one ends, so that an
+    evaluate stage killed by a call's time limit (a 135M retrofit sweeps for longer than one 10-minute
+    call) goes on where it stopped. Keyed by the model's weights and the sweep's settings and prompts: a
+    retrained model or other prompts start afresh."""
+
+    def __init__(self, path: Path, key: str):
+        self.path, self.key, self.points = path, key, {}
+        if path.exists():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                self.points = saved["points"]
+
+    def get(self, name: str, k: int) -> dict | None:
+        return self.points.get(f"{name}/{k}")
+
+    def put(self, name: str, k: int, point: dict) -> None:
+        self.points[f"{name}/{k}"] = point
+        partial = self.path.with_name(self.path.name + ".tmp")  # whole or not at all: a kill mid-write
+        partial.write_text(json.dumps({"key": self.key, "points": self.points}))  # keeps the previous file
+        os.replace(partial, self.path)
+
+
+def greedy_sweep(
+    lm, prompts: list[str], max_k: int, max_new_tokens: int, stop_strings, log, progress: SweepProgress, name: str
+) -> dict:
+    """``greedy_acceptance`` at k = 0..max_k (k = 0: AR), as eval.json holds it: the points ``progress``
+    already holds (under ``name``) are taken from it, and each new one is added to it."""
     per_k = {}
     for k in range(max_k + 1):
-        per_k[k] = greedy_acceptance(lm, prompts, k, max_new_tokens, stop_strings)
+        per_k[k] = progress.get(name, k)
+        if per_k[k] is None:
+            per_k[k] = greedy_acceptance(lm, prompts, k, max_new_tokens, stop_strings)
+            progress.put(name, k, per_k[k])
         log(f"[evaluate] k={k}: {per_k[k]}")
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "per_k": per_k}
 
@@ -85,21 +117,27 @@ def humaneval_stop() -> tuple[str, ...]:
     return get_task("humaneval").stop
 
 
-def acceptance_sweeps(lm, humaneval_path: str | None, corpus_dir: Path, limit: int, max_new_tokens: int, log) -> dict:
+def acceptance_sweeps(lm, cfg, work: Path, log) -> dict:
     """eval.json's ``humaneval_greedy`` and ``heldout_greedy``: the two-step greedy decoder at
-    k = 0..min(EVAL_MAX_K, the model's max k) on up to ``limit`` HumanEval prompts and as many generic
-    code prompts, each set without the prompts that would pass the model's positions (``left_out``)."""
-    max_k = min(EVAL_MAX_K, lm.adaptive.max_k)
+    k = 0..min(EVAL_MAX_K, the model's max k) on up to ``cfg.eval_prompts`` HumanEval prompts and as many
+    generic code prompts (``work``'s held-out corpus), each set without the prompts that would pass the
+    model's positions (``left_out``). Finished points wait in ``work/SWEEPS_SO_FAR`` until the caller has
+    written eval.json (SweepProgress)."""
+    from harness.weights import dir_sha256
+
+    max_k, limit, max_new_tokens = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_prompts, cfg.eval_max_new_tokens
     sets = {
-        "humaneval_greedy": (humaneval_prompts(humaneval_path, limit), humaneval_stop()),
-        "heldout_greedy": (heldout_prompts(corpus_dir, limit), ()),
+        "humaneval_greedy": (humaneval_prompts(cfg.humaneval_path, limit), humaneval_stop()),
+        "heldout_greedy": (heldout_prompts(work / "corpus", limit), ()),
     }
+    fitting = {name: _fitting(lm, prompts, max_new_tokens + max_k + 1) for name, (prompts, _) in sets.items()}
+    settings = [dir_sha256(Path(lm.name)), str(lm.dtype), max_k, max_new_tokens, fitting]
+    progress = SweepProgress(work / SWEEPS_SO_FAR, hashlib.sha256(json.dumps(settings).encode()).hexdigest())
     out = {}
     for name, (prompts, stop) in sets.items():
-        fitting = _fitting(lm, prompts, max_new_tokens + max_k + 1)
         out[name] = {
-            **greedy_sweep(lm, fitting, max_k, max_new_tokens, stop, log),
-            "left_out": len(prompts) - len(fitting),
+            **greedy_sweep(lm, fitting[name], max_k, max_new_tokens, stop, log, progress, name),
+            "left_out": len(prompts) - len(fitting[name]),
         }
     return out
 

@@ -17,6 +17,7 @@ from harness.training.config import RecipeConfig
 from harness.training.corpus import read_corpus
 from harness.training.data import encode_documents
 from harness.training.evaluation import (
+    SWEEPS_SO_FAR,
     acceptance_sweeps,
     greedy_acceptance,
     heldout_metrics,
@@ -196,8 +197,7 @@ def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
         results["parameters"][name] = sum(p.numel() for p in lm.model.parameters())
         log(f"[evaluate] {name}: {results[name]}")
     # lm is the SDSAT model now
-    results.update(
-        acceptance_sweeps(lm, cfg.humaneval_path, work / "corpus", cfg.eval_prompts, cfg.eval_max_new_tokens, log)
-    )
+    results.update(acceptance_sweeps(lm, cfg, work, log))
     (work / "eval.json").write_text(json.dumps(results, indent=1))
+    (work / SWEEPS_SO_FAR).unlink(missing_ok=True)
     return results
