@@ -102,6 +102,14 @@ def _parse(line: str) -> dict | None:
         return None
 
 
+def replace_atomically(path: Path, text: str) -> None:
+    """``path`` now holds ``text``: written beside it and swapped in, so that a kill leaves the old file or
+    the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class RunDirectory:
     """``--out``: results.jsonl (and shards of a distributed run), run.json and .lock."""
 
@@ -217,10 +225,7 @@ class RunDirectory:
 
     def rewrite(self, records: list[dict], path: Path | None = None) -> None:
         """Replace a results file atomically: a kill leaves the old file or the new one, never half."""
-        path = path or self.results
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, path)
+        replace_atomically(path or self.results, "".join(json.dumps(r) + "\n" for r in records))
 
     def merge(self, order: list[tuple]) -> None:
         """One results.jsonl in plan order (``order``: the units' keys, as a single process writes

@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from harness.training.train import cross_entropy
 
 EVAL_MAX_K = 13  # the paper's Figures 3/4 run k = 1..13
 HELDOUT_PROMPT_LINES = 12  # a generic prompt: the first lines of a held-out document
-SWEEPS_SO_FAR = "eval_sweeps.partial.json"  # beside eval.json until it is written (SweepProgress)
+SWEEPS_SO_FAR = "eval_sweeps.partial.json"  # beside eval.json until write_evaluation (SweepProgress)
 
 
 def humaneval_prompts(path: str | None, limit: int) -> list[str]:
@@ -89,10 +88,10 @@ class SweepProgress:
         return self.points.get(f"{name}/{k}")
 
     def put(self, name: str, k: int, point: dict) -> None:
+        from harness.results import replace_atomically
+
         self.points[f"{name}/{k}"] = point
-        partial = self.path.with_name(self.path.name + ".tmp")  # whole or not at all: a kill mid-write
-        partial.write_text(json.dumps({"key": self.key, "points": self.points}))  # keeps the previous file
-        os.replace(partial, self.path)
+        replace_atomically(self.path, json.dumps({"key": self.key, "points": self.points}))
 
 
 def greedy_sweep(
@@ -121,8 +120,8 @@ def acceptance_sweeps(lm, cfg, work: Path, log) -> dict:
     """eval.json's ``humaneval_greedy`` and ``heldout_greedy``: the two-step greedy decoder at
     k = 0..min(EVAL_MAX_K, the model's max k) on up to ``cfg.eval_prompts`` HumanEval prompts and as many
     generic code prompts (``work``'s held-out corpus), each set without the prompts that would pass the
-    model's positions (``left_out``). Finished points wait in ``work/SWEEPS_SO_FAR`` until the caller has
-    written eval.json (SweepProgress)."""
+    model's positions (``left_out``). Finished points wait in ``work/SWEEPS_SO_FAR`` until
+    ``write_evaluation`` (SweepProgress)."""
     from harness.weights import dir_sha256
 
     max_k, limit, max_new_tokens = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_prompts, cfg.eval_max_new_tokens
@@ -140,6 +139,12 @@ def acceptance_sweeps(lm, cfg, work: Path, log) -> dict:
             "left_out": len(prompts) - len(fitting[name]),
         }
     return out
+
+
+def write_evaluation(work: Path, results: dict) -> None:
+    """``work/eval.json``, the evaluate stage's output; the sweep points kept for a continued call are spent."""
+    (work / "eval.json").write_text(json.dumps(results, indent=1))
+    (work / SWEEPS_SO_FAR).unlink(missing_ok=True)
 
 
 def _fitting(lm, prompts: list[str], room: int) -> list[str]:

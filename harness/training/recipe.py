@@ -17,12 +17,12 @@ from harness.training.config import RecipeConfig
 from harness.training.corpus import read_corpus
 from harness.training.data import encode_documents
 from harness.training.evaluation import (
-    SWEEPS_SO_FAR,
     acceptance_sweeps,
     greedy_acceptance,
     heldout_metrics,
     humaneval_prompts,
     humaneval_stop,
+    write_evaluation,
 )
 from harness.training.stages import StageRunner
 from harness.training.tokenizer import train_bpe_tokenizer
@@ -198,6 +198,5 @@ def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
         log(f"[evaluate] {name}: {results[name]}")
     # lm is the SDSAT model now
     results.update(acceptance_sweeps(lm, cfg, work, log))
-    (work / "eval.json").write_text(json.dumps(results, indent=1))
-    (work / SWEEPS_SO_FAR).unlink(missing_ok=True)
+    write_evaluation(work, results)
     return results

@@ -37,7 +37,7 @@ from harness.training.checkpoint import save_checkpoint
 from harness.training.config import RecipeConfig
 from harness.training.corpus import corpus_from_documents, read_corpus
 from harness.training.data import encode_documents, fim_positions
-from harness.training.evaluation import SWEEPS_SO_FAR, acceptance_sweeps, heldout_metrics
+from harness.training.evaluation import acceptance_sweeps, heldout_metrics, write_evaluation
 from harness.training.stages import StageRunner
 from harness.training.train import train
 from harness.vocabulary import ADAPTIVE_INITS, Extension, adaptive_init, extend_tokenizer
@@ -328,6 +328,5 @@ def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device
         log(f"[evaluate] {name}: {results[name]}")
     results["parameters"]["sdsat"] = sum(p.numel() for p in lm.model.parameters())
     results.update(acceptance_sweeps(lm, cfg, work, log))
-    (work / "eval.json").write_text(json.dumps(results, indent=1))
-    (work / SWEEPS_SO_FAR).unlink(missing_ok=True)
+    write_evaluation(work, results)
     return results
