@@ -1,7 +1,8 @@
 """What decoding costs at a given model shape on this card, whatever a model accepts.
 
 A synthetic checkpoint is built from a shape (``codellama-7b``, ``codellama-13b`` or any config.json)
-with random weights on the device, no download, with the default model's tokenizer and adaptive tokens:
+with random weights on the device, no download, with the tokenizer and adaptive tokens of the model whose
+config.json it is (a size-series point measures its own vocabulary), else of the default model:
 - ``random``: the weights as initialised: realistic cost, meaningless tokens;
 - ``all-accept``: the final norm zeroed, so every logit is 0 and the greedy token and every draft are
   token 0: every draft is accepted, the speed ceiling of each decoder at that shape.
@@ -61,7 +62,7 @@ CURVE_ATTEMPTS = 3
 
 
 def shape_config(shape: str, base_config) -> dict:
-    """The architecture of ``shape`` (a name or a config.json), on the default model's vocabulary."""
+    """The architecture of ``shape`` (a name or a config.json), on ``base_config``'s vocabulary."""
     if shape in SHAPES:
         arch = SHAPES[shape]
     else:
@@ -119,13 +120,23 @@ def synthetic_drafters(lm, heads: int, directory: Path) -> str:
     return str(directory)
 
 
+def vocabulary_source(shape: str) -> str:
+    """The model that lends the synthetic one its tokenizer and adaptive tokens: the directory of a shape's
+    config.json when it holds a tokenizer (a trained model's), else the default model (a named shape, a
+    bare config), so a device run needs no default model beside a point's own files."""
+    directory = Path(shape).parent
+    if shape not in SHAPES and (directory / "config.json").is_file() and (directory / "tokenizer.json").is_file():
+        return str(directory)
+    return "default"
+
+
 def synthetic_model(cfg: ProbeConfig):
     """A LoadedModel of ``cfg.shape`` with random weights, built on the device (no download)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from harness.models import DTYPES, LoadedModel, load_model, resolve_device
 
-    base = load_model("default")  # tokenizer and adaptive tokens of the default model
+    base = load_model(vocabulary_source(cfg.shape))  # its tokenizer, adaptive tokens and config
     device = resolve_device(cfg.device)
     config = LlamaConfig(**shape_config(cfg.shape, base.model.config))
     torch.manual_seed(0)

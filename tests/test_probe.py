@@ -214,3 +214,18 @@ def test_the_probe_builds_its_shape_with_the_attention_a_run_would_use(tmp_path)
     shape.write_text(json.dumps(TINY))
     lm = probe_module.synthetic_model(ProbeConfig(shape=str(shape), device="cpu", attn_implementation="eager"))
     assert lm.model.config._attn_implementation == "eager"
+
+
+def test_a_trained_models_shape_is_probed_on_its_own_vocabulary(tiny_checkpoint, tmp_path):
+    """A size-series point's config.json lends its own tokenizer and adaptive tokens (a device run then
+    needs no default model beside it); a bare config.json has none to lend and takes the default's."""
+    from harness.models import load_model
+
+    own = probe_module.synthetic_model(ProbeConfig(shape=str(tiny_checkpoint / "config.json"), device="cpu"))
+    trained = load_model(str(tiny_checkpoint))
+    assert own.adaptive.token_ids == trained.adaptive.token_ids
+    assert own.model.config.vocab_size == trained.model.config.vocab_size == len(own.tokenizer)
+    bare = tmp_path / "config.json"
+    bare.write_text((tiny_checkpoint / "config.json").read_text())
+    assert probe_module.vocabulary_source(str(bare)) == "default"
+    assert probe_module.vocabulary_source("codellama-7b") == "default"
