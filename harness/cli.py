@@ -516,7 +516,7 @@ def _cmd_decode(args) -> int:
     gen = decoder.generate(prompt_ids, stop, sampling)
     # k where the decoder takes one: draft length, or prompt lookup's n-gram draft length; else null
     k = cfg.k if cfg.decoder in DECODERS_WITH_K else None  # hf-pld's lookup length is in its configuration
-    record = {"decoder": decoder.name, "k": k, "configuration": configuration(decoder, lm)}
+    record = {"decoder": decoder.name, "k": k, "configuration": configuration(decoder, lm, sampling.greedy)}
     record |= {"stop_reason": gen.stop_reason, **gen.stats.to_dict()}
     if args.json:
         print(json.dumps({"completion": gen.text, **record}))

@@ -347,6 +347,7 @@ def measure(cfg: ProbeConfig, lm, names: tuple[str, ...], decoders, drafter: str
             speeds = decoder_speeds(lm, decoders, cfg.repeats, drafter)
             results[v]["engines"][engine] = {
                 "configuration": lm.engine.description,
+                "matrix_library_per_block": lm.engine.graph_libraries(),
                 "cost_ms": curve,
                 "decoders": speeds,
                 "ar_tokens_per_s": speeds[0]["tokens_per_s"],

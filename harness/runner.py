@@ -140,7 +140,7 @@ def _run_unit(cfg: RunConfig, bench, unit: WorkUnit, problem, greedy) -> Record:
         device=str(bench.lm.device),
         token_ids=list(gen.tokens),
         block_sizes=None if decoder is None else list(decoder.block_sizes(unit.temperature <= 0)) or None,
-        configuration=None if decoder is None else configuration(decoder, bench.lm),
+        configuration=None if decoder is None else configuration(decoder, bench.lm, unit.temperature <= 0),
         **verdict_fields(verdict),
         **gen.stats.to_dict(),
         **greedy.fields(unit, gen, ids, stop.eos_token_ids, control=decoder is None),

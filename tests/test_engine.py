@@ -177,3 +177,26 @@ def test_fused_projections_keep_the_logits_and_every_decoder_exact():
             assert make_decoder(name, lm, k=k).generate(ids, stop, greedy).tokens == ar, (mode, name)
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32))
     assert fuse_projections(gpt2) == 0  # other architectures are left as they are
+
+
+def test_a_record_states_the_matrix_library_of_its_own_pass_widths_only():
+    """The engine's CUDA graphs are shared by every decoder of a run: a record names the libraries of its
+    decoder's block sizes, so all records of one decoder and k state one configuration, whatever other
+    decoders captured before them (a summary cell once joined two texts for one decoder)."""
+    from types import SimpleNamespace
+
+    from harness.decoding import configuration, make_decoder
+
+    lm = make_lm(seed=0)
+    engine = engines.DecodeEngine(lm.model, "eager")
+    engine.mode, engine._graphs = (
+        "compile",
+        SimpleNamespace(blas={1: "cublaslt", 4: "cublas", 6: "cublaslt"}),
+    )  # a GPU's
+    lm.engine = engine
+    assert "CUDA graph per block size" in engine.description and "cublas" not in engine.description
+    assert engine.graph_libraries() == "1: cublaslt, 4: cublas, 6: cublaslt"
+    assert configuration(make_decoder("ar", lm), lm).endswith("matrix library per block size: 1: cublaslt")
+    assert configuration(make_decoder("sdsat", lm, k=3), lm).endswith("block size: 4: cublas")
+    engine._graphs = None
+    assert configuration(make_decoder("sdsat", lm, k=3), lm) == engine.description

@@ -216,10 +216,13 @@ def is_control(name: str) -> bool:
     return name in CONTROLS
 
 
-def configuration(decoder: Decoder, lm: LoadedModel) -> str:
+def configuration(decoder: Decoder, lm: LoadedModel, greedy: bool = True) -> str:
     """What ``decoder`` runs on, as records state it: the peers run inside transformers and say how
-    (``configuration``); ours run on the model's engine."""
-    return getattr(decoder, "configuration", None) or lm.engine.description
+    (``configuration``); ours run on the model's engine. With CUDA graphs, the matrix library of each
+    of the decoder's own pass widths, so every record of one decoder and k states the same."""
+    text = getattr(decoder, "configuration", None) or lm.engine.description
+    libraries = lm.engine.graph_libraries(decoder.block_sizes(greedy))
+    return f"{text}; matrix library per block size: {libraries}" if libraries else text
 
 
 def make_decoder(name: str, lm: LoadedModel, **options) -> Decoder:

@@ -5,7 +5,7 @@ kernels a pass may use."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -91,11 +91,20 @@ class DecodeEngine:
             return f"sdsat-bench engine eager: dynamic cache{attention}"
         if self.mode == "static":
             return f"sdsat-bench engine static: static cache, eager{attention}"
-        graphs = ""
-        if self._graphs is not None:
-            chosen = ", ".join(f"{q}: {library}" for q, library in self._graphs.blas.items())
-            graphs = f", a CUDA graph per block size on the faster matrix library at capture ({chosen})"
+        graphs = (
+            ", a CUDA graph per block size on the faster matrix library at capture" if self._graphs is not None else ""
+        )
         return f"sdsat-bench engine compile: static cache, torch.compile'd decode step{attention}{graphs}"
+
+    def graph_libraries(self, blocks: Iterable[int] | None = None) -> str:
+        """The matrix library each captured block size's graph took ("4: cublaslt, 6: cublas"), of ``blocks``
+        only (a record names the passes of its own decoder: the engine is shared, and which others were
+        captured by then depends on the order of the run), or of all; "" without graphs."""
+        if self._graphs is None:
+            return ""
+        chosen = self._graphs.blas
+        wanted = chosen if blocks is None else [q for q in dict.fromkeys(blocks) if q in chosen]
+        return ", ".join(f"{q}: {chosen[q]}" for q in wanted)
 
     def new_cache(self, needed: int) -> KVCache:
         """An empty cache with room for ``needed`` positions (the static one is reused)."""
