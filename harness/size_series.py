@@ -10,9 +10,11 @@ share of completions that repeat a line. ``sdsat-bench sizes`` writes ``size_ser
 point, prompt set and k) and ``accept_rate_vs_size.png``.
 
 Where a point's run also holds speculative decoders (``--decoders ar,sdsat,sdsat-fused``), its greedy
-HumanEval acceptance is priced twice: by the run itself (the speedup measured at the point's own size,
-on the run's card) and on each ``--probe`` (a 7B or 13B shape's cost curve: the speedup that acceptance
-would give there). ``size_projection.csv`` holds both and ``speedup_vs_size.png`` draws them.
+HumanEval acceptance is priced by the run itself (the speedup measured at the point's own size, on the
+run's card) and on each ``--probe`` (a 7B or 13B shape's cost curve: the speedup that acceptance would
+give there); where the point's work directory holds the probe of its own shape (``W/probe/probe.json``),
+on that one too, which shows how far a projection misses where the speedup is also measured.
+``size_projection.csv`` holds them and ``speedup_vs_size.png`` draws them.
 """
 
 from __future__ import annotations
@@ -156,18 +158,32 @@ def parameter_axis(ax, parameters: pd.Series) -> None:
 
 
 MEASURED = "measured (own size)"
+OWN_PROBE = "projected (own size's probe)"  # beside MEASURED: how far the projection misses at a known shape
 SPECULATIVE = ("sdsat", "sdsat-fused")  # SDSAT's own decoders: what the series asks of each size
 
 
+def own_probe(work: str | Path) -> Path | None:
+    """The point's probe of its own shape (``scripts/size_series.sh`` writes it to ``W/SIZE/probe``)."""
+    path = Path(work) / "probe" / "probe.json"
+    return path if path.exists() else None
+
+
 def projection_table(
-    table: pd.DataFrame, runs: list[tuple[str, str]], probes: list[tuple[str, str]], engine: str = "compile"
+    table: pd.DataFrame,
+    runs: list[tuple[str, str]],
+    probes: list[tuple[str, str]],
+    engine: str = "compile",
+    own: dict[str, Path] | None = None,
 ) -> pd.DataFrame:
     """Per point with a run of speculative decoders: each decoder's greedy HumanEval speedup at each k,
-    measured by the run (``onto`` = MEASURED) and projected onto each probe (``onto`` = its label)."""
+    measured by the run (``onto`` = MEASURED), projected onto each probe (``onto`` = its label) and, where
+    ``own`` holds the point's probe of its own shape, onto that one (``onto`` = OWN_PROBE): beside the
+    measured speedup, the projection's own error."""
     from harness.probe import load_probe, project
     from harness.results import RunDirectory
 
     loaded = [(label, load_probe(path, engine)) for label, path in probes]
+    own = own or {}
     points = table.drop_duplicates("model").set_index("model")
     rows = []
     for label, run in runs:
@@ -192,7 +208,8 @@ def projection_table(
                 }
             )
         humaneval = [r for r in records if r["task"] == "humaneval"]  # project() keeps the greedy ones
-        for onto, probe in loaded:
+        onto_probes = loaded + ([(OWN_PROBE, load_probe(own[label], engine))] if label in own else [])
+        for onto, probe in onto_probes:
             for p in project(humaneval, probe, engine):
                 if p["decoder"] in SPECULATIVE:
                     rows.append(
@@ -253,7 +270,9 @@ def write_size_series(
     csv = out / "size_series.csv"
     table.to_csv(csv, index=False, float_format="%.4f")
     written = [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
-    projection = projection_table(table, runs, probes, engine)
+    works = dict([*series, *apart])
+    own = {label: own_probe(works[label]) for label, _ in runs if own_probe(works[label])}
+    projection = projection_table(table, runs, probes, engine, own)
     if len(projection):
         projection.to_csv(out / "size_projection.csv", index=False, float_format="%.4f")
         written += [out / "size_projection.csv", plot_speedup_vs_size(projection, out / "speedup_vs_size.png")]

@@ -268,6 +268,13 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     assert set(projection["decoder"]) == {"sdsat", "sdsat-fused"} and set(projection["k"]) == {3, 5}
     assert projection["speedup"].gt(0).all() and (out / "speedup_vs_size.png").stat().st_size > 0
     assert set(projection[projection["onto"] == "7B"]["card"]) == {"NVIDIA H100 80GB HBM3"}
+    own = tmp_path / "own"  # a point whose work directory holds its own shape's probe (the 7B's stands in)
+    (own / "probe").mkdir(parents=True)
+    shutil.copy(tiny_recipe / "eval.json", own / "eval.json")
+    shutil.copy(probe, own / "probe" / "probe.json")
+    assert main(["sizes", f"toy={own}", "--run", f"toy={run}", "--out", str(out)]) == 0
+    projection = pd.read_csv(out / "size_projection.csv")
+    assert set(projection["onto"]) == {"measured (own size)", "projected (own size's probe)"}
     assert main(["sizes", f"toy={tiny_recipe}", "--run", f"toy={run}", "--probe", f"7B={run}", "--out", str(out)]) == 2
     assert "is not a probe.json" in capsys.readouterr().err
     assert main(["sizes", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
