@@ -271,7 +271,7 @@ def write_size_series(
     table.to_csv(csv, index=False, float_format="%.4f")
     written = [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
     works = dict([*series, *apart])
-    own = {label: own_probe(works[label]) for label, _ in runs if own_probe(works[label])}
+    own = {label: probe for label, _ in runs if (probe := own_probe(works[label]))}
     projection = projection_table(table, runs, probes, engine, own)
     if len(projection):
         projection.to_csv(out / "size_projection.csv", index=False, float_format="%.4f")
