@@ -162,10 +162,22 @@ OWN_PROBE = "projected (own size's probe)"  # beside MEASURED: how far the proje
 SPECULATIVE = ("sdsat", "sdsat-fused")  # SDSAT's own decoders: what the series asks of each size
 
 
-def own_probe(work: str | Path) -> Path | None:
-    """The point's probe of its own shape (``scripts/size_series.sh`` writes it to ``W/SIZE/probe``)."""
-    path = Path(work) / "probe" / "probe.json"
-    return path if path.exists() else None
+def own_probe(work: str | Path, card: str) -> Path | None:
+    """The point's probe of its own shape on ``card`` (``scripts/size_series.sh`` writes ``W/SIZE/probe``;
+    a probe of the same shape on another card sits beside it as ``W/SIZE/probe-*``): a projection checked
+    against a speedup measured on one card must be priced on that card's costs."""
+    for path in sorted(Path(work).glob("probe*/probe.json")):
+        if json.loads(path.read_text()).get("card") == card:
+            return path
+    return None
+
+
+def run_card(run: str | Path) -> str:
+    """The card a run's speeds were measured on, as its provenance names it ("cpu" without one)."""
+    from harness.results import RunDirectory
+
+    _, info = RunDirectory(run).load()
+    return ", ".join(info.get("machine", {}).get("devices") or []) or "cpu"
 
 
 def projection_table(
@@ -193,8 +205,8 @@ def projection_table(
             "parameters": point["parameters"],
             "pretrained_elsewhere": point["pretrained_elsewhere"],
         }
-        records, info = RunDirectory(run).load()
-        card = ", ".join(info.get("machine", {}).get("devices") or []) or "cpu"
+        records, _ = RunDirectory(run).load()
+        card = run_card(run)
         measured = humaneval_greedy_rows(label, run)
         for _, row in measured[measured["decoder"].isin(SPECULATIVE)].iterrows():
             rows.append(
@@ -271,7 +283,7 @@ def write_size_series(
     table.to_csv(csv, index=False, float_format="%.4f")
     written = [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
     works = dict([*series, *apart])
-    own = {label: probe for label, _ in runs if (probe := own_probe(works[label]))}
+    own = {label: probe for label, run in runs if (probe := own_probe(works[label], run_card(run)))}
     projection = projection_table(table, runs, probes, engine, own)
     if len(projection):
         projection.to_csv(out / "size_projection.csv", index=False, float_format="%.4f")

@@ -273,8 +273,14 @@ def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):
     shutil.copy(tiny_recipe / "eval.json", own / "eval.json")
     shutil.copy(probe, own / "probe" / "probe.json")
     assert main(["sizes", f"toy={own}", "--run", f"toy={run}", "--out", str(out)]) == 0
+    projection = pd.read_csv(out / "size_projection.csv")  # the run is a CPU's: an H100 probe does not price it
+    assert set(projection["onto"]) == {"measured (own size)"}
+    (own / "probe-cpu").mkdir()  # the same shape probed on the run's own card
+    (own / "probe-cpu" / "probe.json").write_text(json.dumps({**json.loads(probe.read_text()), "card": "cpu"}))
+    assert main(["sizes", f"toy={own}", "--run", f"toy={run}", "--out", str(out)]) == 0
     projection = pd.read_csv(out / "size_projection.csv")
     assert set(projection["onto"]) == {"measured (own size)", "projected (own size's probe)"}
+    assert set(projection["card"]) == {"cpu"}
     assert main(["sizes", f"toy={tiny_recipe}", "--run", f"toy={run}", "--probe", f"7B={run}", "--out", str(out)]) == 2
     assert "is not a probe.json" in capsys.readouterr().err
     assert main(["sizes", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
