@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,11 @@ PROFILE_ROWS = 15
 # 1 / 2 / 4 / 8, from which a projection read 3.5x.
 MONOTONE_TOLERANCE = 0.15
 CURVE_ATTEMPTS = 3
+# Whole generations per decoder: this long in all (a 7B's three rounds; a 3M model's 40 ms generations
+# fifty times), so that one slow moment is outvoted (s3's first H200 probe, three generations each,
+# timed sdsat's passes 24% dearer at k = 5 than at k = 3).
+GENERATION_SECONDS = 2.0
+GENERATION_ROUNDS = 50
 
 
 def shape_config(shape: str, base_config) -> dict:
@@ -232,27 +238,41 @@ def cost_curve(lm, blocks, repeats: int) -> dict[int, float]:
 
 def decoder_speeds(lm, decoders, repeats: int, drafter: str | None = None) -> list[dict]:
     """AR, then each speculative decoder: tokens per forward pass, decode tokens/s, speedup, efficiency
-    (the trained peers' drafts from ``drafter``, a --drafter directory)."""
+    (the trained peers' drafts from ``drafter``, a --drafter directory).
+
+    The decoders take turns, a generation each per round, and the rounds go on until every decoder has
+    had ``GENERATION_SECONDS`` of generations (at least ``repeats // 3`` rounds, at most
+    ``GENERATION_ROUNDS``): a disturbance then lands on all of them alike and, at a small shape's
+    40 ms generations, in a minority of each one's rounds, which the median drops."""
     from harness.decoding import SamplingParams, StopCondition, make_decoder
 
     prompt = list(range(1, CONTEXT + 1))
     stop = StopCondition(NEW_TOKENS)  # no EOS, no stop string: every generation runs its full length
-    rows = []
+    made = []
     for name, k in (("ar", 0), *decoders):
         decoder = make_decoder(name, lm, k=k, drafter=drafter)
         lm.engine.warm_up(decoder.block_sizes(True))
-        decoder.generate(prompt, stop, SamplingParams())  # warm-up
-        gens = [decoder.generate(prompt, stop, SamplingParams()) for _ in range(max(1, repeats // 3))]
-        rate = statistics.median(g.stats.tokens_per_s for g in gens)
-        rows.append(
-            {
-                "decoder": name,
-                "k": k,
-                "block_sizes": list(decoder.block_sizes(True)),
-                "tokens_per_forward": gens[0].stats.tokens_per_forward,
-                "tokens_per_s": rate,
-            }
-        )
+        first = decoder.generate(prompt, stop, SamplingParams())  # warm-up
+        made.append((name, k, decoder, first.stats.tokens_per_forward))
+    rates: list[list[float]] = [[] for _ in made]
+    start, rounds = time.perf_counter(), 0
+    while rounds < max(1, repeats // 3) or (
+        rounds < GENERATION_ROUNDS and time.perf_counter() - start < GENERATION_SECONDS * len(made)
+    ):
+        for (_, _, decoder, _), rate in zip(made, rates, strict=True):
+            rate.append(decoder.generate(prompt, stop, SamplingParams()).stats.tokens_per_s)
+        rounds += 1
+    rows = [
+        {
+            "decoder": name,
+            "k": k,
+            "block_sizes": list(decoder.block_sizes(True)),
+            "tokens_per_forward": tokens_per_forward,
+            "tokens_per_s": statistics.median(rate),
+            "generations": len(rate),
+        }
+        for (name, k, decoder, tokens_per_forward), rate in zip(made, rates, strict=True)
+    ]
     ar = rows[0]["tokens_per_s"]
     for row in rows:
         row["speedup"] = row["tokens_per_s"] / ar
