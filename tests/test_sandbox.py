@@ -105,22 +105,28 @@ def test_rlimits_only_by_name(monkeypatch):
 @pytest.mark.parametrize("level", NAMESPACED)
 def test_hostile_program_is_contained(name, source, statuses, level):
     limits = Limits(timeout_s=3.0, cpu_s=5, memory_bytes=512 << 20)
-    before = sandbox.cgroup.hierarchy() and _memory_available()
+    memory_limited = bool(sandbox.cgroup.hierarchy())
+    before = _shared_memory()
     start = time.monotonic()
     verdict = run_py(source, limits, level)
     assert verdict.status in statuses, (name, verdict)
-    assert time.monotonic() - start < 3.0 + 5.0  # no verdict takes longer than its timeout plus 5 s
+    elapsed = time.monotonic() - start
+    assert elapsed < 3.0 + 5.0, (name, elapsed)  # no verdict takes longer than its timeout plus 5 s
     assert len(verdict.stdout) <= sandbox.TAIL_BYTES and len(verdict.stderr) <= sandbox.TAIL_BYTES
     assert not os.path.exists(HARNESS_FILE + ".pwned")
-    assert not _slot_processes()
+    assert not (left := _slot_processes()), (name, left)
     assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
-    if before:
-        assert _memory_available() > before - (1 << 30)  # the host did not lose the bomb's memory
+    if memory_limited:  # the host did not lose the bomb's memory: what outlives a process is shared
+        assert _shared_memory() < before + (1 << 30), (name, before, _shared_memory())
 
 
-def _memory_available() -> int:
+def _shared_memory() -> int:
+    """The host's shared memory (/proc/meminfo's Shmem): a bomb's pages that outlive its processes are
+    there (its processes are checked apart). Not MemAvailable, which tests running beside this one in
+    other workers can lower by more than a gigabyte (the fork bomb's case failed once in a full run
+    beside a model evaluation, on a check the assertion did not name)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
+        if line.startswith("Shmem:"):
             return int(line.split()[1]) * 1024
     return 0
 
