@@ -252,7 +252,7 @@ def plot_speedup_vs_size(projection: pd.DataFrame, out: Path) -> Path:
         best = rows.loc[rows.groupby(["model", "onto"])["speedup"].idxmax()]
         for onto in targets:
             line = best[(best["onto"] == onto) & ~best["pretrained_elsewhere"]].sort_values("parameters")
-            ax.plot(line["parameters"], line["speedup"], "o-", color=colors[onto], label=onto)
+            ax.plot(line["parameters"], line["speedup"], "o-", color=colors[onto], label=f"{onto}: {cards(line)}")
             for _, point in line.iterrows():
                 xy = (point["parameters"], point["speedup"])
                 ax.annotate(f"k={point['k']}", xy, xytext=(0, 5), textcoords="offset points", ha="center", fontsize=6)
@@ -266,6 +266,13 @@ def plot_speedup_vs_size(projection: pd.DataFrame, out: Path) -> Path:
         ax.set_title(decoder, fontsize=9)
         ax.grid(alpha=0.3)
     return save(fig, out)
+
+
+def cards(rows: pd.DataFrame) -> str:
+    """The cards a line's points were measured or priced on, for its legend: a series whose points came
+    from different lent cards says so where it is drawn."""
+    names = dict.fromkeys(card.removeprefix("NVIDIA ") for card in rows["card"])
+    return " / ".join(names)
 
 
 def write_size_series(
