@@ -12,8 +12,9 @@ point, prompt set and k) and ``accept_rate_vs_size.png``.
 Where a point's run also holds speculative decoders (``--decoders ar,sdsat,sdsat-fused``), its greedy
 HumanEval acceptance is priced by the run itself (the speedup measured at the point's own size, on the
 run's card) and on each ``--probe`` (a 7B or 13B shape's cost curve: the speedup that acceptance would
-give there); where the point's work directory holds the probe of its own shape (``W/probe/probe.json``),
-on that one too, which shows how far a projection misses where the speedup is also measured.
+give there); where the point's work directory holds the probe of its own shape on the run's card
+(``W/probe/probe.json``, or ``W/probe-*/`` for another card), on that one too, which shows how far a
+projection misses where the speedup is also measured.
 ``size_projection.csv`` holds them and ``speedup_vs_size.png`` draws them.
 """
 
@@ -172,11 +173,8 @@ def own_probe(work: str | Path, card: str) -> Path | None:
     return None
 
 
-def run_card(run: str | Path) -> str:
-    """The card a run's speeds were measured on, as its provenance names it ("cpu" without one)."""
-    from harness.results import RunDirectory
-
-    _, info = RunDirectory(run).load()
+def run_card(info: dict) -> str:
+    """The card a run's speeds were measured on, as its provenance (``run.json``) names it; "cpu" without."""
     return ", ".join(info.get("machine", {}).get("devices") or []) or "cpu"
 
 
@@ -185,17 +183,17 @@ def projection_table(
     runs: list[tuple[str, str]],
     probes: list[tuple[str, str]],
     engine: str = "compile",
-    own: dict[str, Path] | None = None,
+    works: dict[str, str] | None = None,
 ) -> pd.DataFrame:
     """Per point with a run of speculative decoders: each decoder's greedy HumanEval speedup at each k,
     measured by the run (``onto`` = MEASURED), projected onto each probe (``onto`` = its label) and, where
-    ``own`` holds the point's probe of its own shape, onto that one (``onto`` = OWN_PROBE): beside the
-    measured speedup, the projection's own error."""
+    the point's work directory in ``works`` holds a probe of its own shape on the run's card, onto that
+    one (``onto`` = OWN_PROBE): beside the measured speedup, the projection's own error."""
     from harness.probe import load_probe, project
     from harness.results import RunDirectory
 
     loaded = [(label, load_probe(path, engine)) for label, path in probes]
-    own = own or {}
+    works = works or {}
     points = table.drop_duplicates("model").set_index("model")
     rows = []
     for label, run in runs:
@@ -205,8 +203,8 @@ def projection_table(
             "parameters": point["parameters"],
             "pretrained_elsewhere": point["pretrained_elsewhere"],
         }
-        records, _ = RunDirectory(run).load()
-        card = run_card(run)
+        records, info = RunDirectory(run).load()
+        card = run_card(info)
         measured = humaneval_greedy_rows(label, run)
         for _, row in measured[measured["decoder"].isin(SPECULATIVE)].iterrows():
             rows.append(
@@ -220,7 +218,8 @@ def projection_table(
                 }
             )
         humaneval = [r for r in records if r["task"] == "humaneval"]  # project() keeps the greedy ones
-        onto_probes = loaded + ([(OWN_PROBE, load_probe(own[label], engine))] if label in own else [])
+        own = own_probe(works[label], card) if label in works else None
+        onto_probes = loaded + ([(OWN_PROBE, load_probe(own, engine))] if own else [])
         for onto, probe in onto_probes:
             for p in project(humaneval, probe, engine):
                 if p["decoder"] in SPECULATIVE:
@@ -290,8 +289,7 @@ def write_size_series(
     table.to_csv(csv, index=False, float_format="%.4f")
     written = [csv, plot_accept_rate_vs_size(table, out / "accept_rate_vs_size.png")]
     works = dict([*series, *apart])
-    own = {label: probe for label, run in runs if (probe := own_probe(works[label], run_card(run)))}
-    projection = projection_table(table, runs, probes, engine, own)
+    projection = projection_table(table, runs, probes, engine, works)
     if len(projection):
         projection.to_csv(out / "size_projection.csv", index=False, float_format="%.4f")
         written += [out / "size_projection.csv", plot_speedup_vs_size(projection, out / "speedup_vs_size.png")]
