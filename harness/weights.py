@@ -153,7 +153,7 @@ def fingerprint(source: Source) -> str | None:
     """sha256 of the weights: a directory's weight files, a GGUF file, an adapter's weights together
     with its base's recorded hash; None for a hub id that is not cached."""
     if source.kind == "gguf":
-        return _file_sha256(Path(source.path))
+        return file_sha256(Path(source.path))
     if source.kind == "hub":
         from huggingface_hub import try_to_load_from_cache
 
@@ -176,7 +176,7 @@ def dir_sha256(root: Path) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 24), b""):

@@ -218,26 +218,60 @@ def test_an_evaluate_killed_mid_sweep_goes_on_where_it_stopped(tiny_recipe, tmp_
         measured.append(k)
         return real(lm, prompts, k, *args)
 
+    def sweeps(cfg):
+        progress = evaluation.EvaluationProgress(work / evaluation.PROGRESS)
+        return evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None, progress)
+
     monkeypatch.setattr(evaluation, "greedy_acceptance", counted)
     kill = True
     with pytest.raises(KeyboardInterrupt):
-        evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None)
+        sweeps(cfg)
     kill = False
-    continued = evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None)
+    continued = sweeps(cfg)
     points = 2 * (lm.adaptive.max_k + 1)  # two prompt sets, k = 0..max_k
     assert len(measured) == points  # none measured twice
     measured.clear()
-    (work / evaluation.SWEEPS_SO_FAR).unlink()
-    assert evaluation.acceptance_sweeps(lm, cfg, work, lambda *_: None) == continued
+    (work / evaluation.PROGRESS).unlink()
+    assert sweeps(cfg) == continued
     assert len(measured) == points
     measured.clear()  # other settings: the points kept are not theirs
-    evaluation.acceptance_sweeps(lm, dataclasses.replace(cfg, eval_max_new_tokens=6), work, lambda *_: None)
+    sweeps(dataclasses.replace(cfg, eval_max_new_tokens=6))
     assert len(measured) == points
     from harness.training.recipe import evaluate
 
     monkeypatch.setattr("harness.training.recipe.acceptance_sweeps", lambda *a: {})
     evaluate(cfg, work, "cpu", lambda *_: None)
-    assert (work / "eval.json").exists() and not (work / evaluation.SWEEPS_SO_FAR).exists()
+    assert (work / "eval.json").exists() and not (work / evaluation.PROGRESS).exists()
+
+
+def test_an_evaluate_killed_after_a_models_heldout_metrics_keeps_them(tiny_recipe, tmp_path, monkeypatch):
+    """Held-out metrics (hours for a 135M model on a CPU) are kept as each model's end: a continued
+    evaluate measures only the model not yet measured."""
+    import harness.training.recipe as recipe
+
+    work = tmp_path / "work"
+    shutil.copytree(tiny_recipe, work, symlinks=True)
+    cfg = RecipeConfig(work=str(work), humaneval_path=str(HUMANEVAL), eval_prompts=2, eval_max_new_tokens=8)
+    measured = []
+    real = recipe.heldout_metrics
+
+    def counted(model, *args, **kwargs):
+        if len(measured) == 1 and kill:
+            raise KeyboardInterrupt  # the call's time limit, after the base's metrics
+        measured.append(model)
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(recipe, "heldout_metrics", counted)
+    monkeypatch.setattr(recipe, "acceptance_sweeps", lambda *a: {})
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        recipe.evaluate(cfg, work, "cpu", lambda *_: None)
+    kill = False
+    continued = recipe.evaluate(cfg, work, "cpu", lambda *_: None)
+    assert len(measured) == 2  # the base once, then the SDSAT model
+    measured.clear()
+    uncut = recipe.evaluate(cfg, work, "cpu", lambda *_: None)  # eval.json written: nothing kept
+    assert len(measured) == 2 and uncut["base"] == continued["base"] and uncut["sdsat"] == continued["sdsat"]
 
 
 def test_size_series_table_and_figure(tiny_recipe, tmp_path, capsys):

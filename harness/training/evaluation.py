@@ -8,6 +8,8 @@ import gzip
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,8 @@ from harness.training.train import cross_entropy
 
 EVAL_MAX_K = 13  # the paper's Figures 3/4 run k = 1..13
 HELDOUT_PROMPT_LINES = 12  # a generic prompt: the first lines of a held-out document
-SWEEPS_SO_FAR = "eval_sweeps.partial.json"  # beside eval.json until write_evaluation (SweepProgress)
+PROGRESS = "eval.partial.json"  # beside eval.json until write_evaluation (EvaluationProgress)
+PROGRESS_FORMAT = 2  # 1: sweep points only, under one key
 
 
 def humaneval_prompts(path: str | None, limit: int) -> list[str]:
@@ -71,40 +74,50 @@ def greedy_acceptance(lm, prompts: list[str], k: int, max_new_tokens: int, stop_
     }
 
 
-class SweepProgress:
-    """The sweeps' finished (prompt set, k) points, written beside eval.json as each one ends, so that an
-    evaluate stage killed by a call's time limit (a 135M retrofit sweeps for longer than one 10-minute
-    call) goes on where it stopped. Keyed by the model's weights and the sweep's settings and prompts: a
-    retrained model or other prompts start afresh."""
+class EvaluationProgress:
+    """The evaluate stage's finished measurements (each model's held-out metrics, each sweep point), written
+    beside eval.json as each one ends, so that an evaluate stage killed by a call's time limit (a 135M
+    retrofit measures for longer than one 10-minute call, or than a CPU session) goes on where it stopped.
+    Each entry keeps the key of what it measured (weights, data, settings): a retrained model, other data
+    or other settings measure afresh."""
 
-    def __init__(self, path: Path, key: str):
-        self.path, self.key, self.points = path, key, {}
-        if path.exists():
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                self.points = saved["points"]
+    def __init__(self, path: Path):
+        self.path = path
+        saved = json.loads(path.read_text()) if path.exists() else {}
+        self.entries: dict = saved if saved.get("format") == PROGRESS_FORMAT else {"format": PROGRESS_FORMAT}
 
-    def get(self, name: str, k: int) -> dict | None:
-        return self.points.get(f"{name}/{k}")
-
-    def put(self, name: str, k: int, point: dict) -> None:
+    def remembered(self, name: str, key: list, measure: Callable[[], dict]) -> dict:
+        """The value kept under ``name`` if its key is ``key``; else ``measure()``, kept."""
         from harness.results import replace_atomically
 
-        self.points[f"{name}/{k}"] = point
-        replace_atomically(self.path, json.dumps({"key": self.key, "points": self.points}))
+        digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        entry = self.entries.get(name)
+        if entry is not None and entry["key"] == digest:
+            return entry["value"]
+        value = measure()
+        self.entries[name] = {"key": digest, "value": value}
+        replace_atomically(self.path, json.dumps(self.entries))
+        return value
 
 
 def greedy_sweep(
-    lm, prompts: list[str], max_k: int, max_new_tokens: int, stop_strings, log, progress: SweepProgress, name: str
+    lm,
+    prompts: list[str],
+    max_k: int,
+    max_new_tokens: int,
+    stop_strings,
+    log,
+    progress: EvaluationProgress,
+    name: str,
+    key: list,
 ) -> dict:
-    """``greedy_acceptance`` at k = 0..max_k (k = 0: AR), as eval.json holds it: the points ``progress``
-    already holds (under ``name``) are taken from it, and each new one is added to it."""
+    """``greedy_acceptance`` at k = 0..max_k (k = 0: AR), as eval.json holds it; each point kept in
+    ``progress`` as ``name/k`` under ``key`` (the sweep's model, settings and prompts)."""
     per_k = {}
     for k in range(max_k + 1):
-        per_k[k] = progress.get(name, k)
-        if per_k[k] is None:
-            per_k[k] = greedy_acceptance(lm, prompts, k, max_new_tokens, stop_strings)
-            progress.put(name, k, per_k[k])
+        per_k[k] = progress.remembered(
+            f"{name}/{k}", key, partial(greedy_acceptance, lm, prompts, k, max_new_tokens, stop_strings)
+        )
         log(f"[evaluate] k={k}: {per_k[k]}")
     return {"prompts": len(prompts), "max_new_tokens": max_new_tokens, "per_k": per_k}
 
@@ -116,12 +129,11 @@ def humaneval_stop() -> tuple[str, ...]:
     return get_task("humaneval").stop
 
 
-def acceptance_sweeps(lm, cfg, work: Path, log) -> dict:
+def acceptance_sweeps(lm, cfg, work: Path, log, progress: EvaluationProgress) -> dict:
     """eval.json's ``humaneval_greedy`` and ``heldout_greedy``: the two-step greedy decoder at
     k = 0..min(EVAL_MAX_K, the model's max k) on up to ``cfg.eval_prompts`` HumanEval prompts and as many
     generic code prompts (``work``'s held-out corpus), each set without the prompts that would pass the
-    model's positions (``left_out``). Finished points wait in ``work/SWEEPS_SO_FAR`` until
-    ``write_evaluation`` (SweepProgress)."""
+    model's positions (``left_out``). Finished points wait in ``progress`` until ``write_evaluation``."""
     from harness.weights import dir_sha256
 
     max_k, limit, max_new_tokens = min(EVAL_MAX_K, lm.adaptive.max_k), cfg.eval_prompts, cfg.eval_max_new_tokens
@@ -130,21 +142,20 @@ def acceptance_sweeps(lm, cfg, work: Path, log) -> dict:
         "heldout_greedy": (heldout_prompts(work / "corpus", limit), ()),
     }
     fitting = {name: _fitting(lm, prompts, max_new_tokens + max_k + 1) for name, (prompts, _) in sets.items()}
-    settings = [dir_sha256(Path(lm.name)), str(lm.dtype), max_k, max_new_tokens, fitting]
-    progress = SweepProgress(work / SWEEPS_SO_FAR, hashlib.sha256(json.dumps(settings).encode()).hexdigest())
+    key = [dir_sha256(Path(lm.name)), str(lm.dtype), max_k, max_new_tokens, fitting]
     out = {}
     for name, (prompts, stop) in sets.items():
         out[name] = {
-            **greedy_sweep(lm, fitting[name], max_k, max_new_tokens, stop, log, progress, name),
+            **greedy_sweep(lm, fitting[name], max_k, max_new_tokens, stop, log, progress, name, key),
             "left_out": len(prompts) - len(fitting[name]),
         }
     return out
 
 
 def write_evaluation(work: Path, results: dict) -> None:
-    """``work/eval.json``, the evaluate stage's output; the sweep points kept for a continued call are spent."""
+    """``work/eval.json``, the evaluate stage's output; the measurements kept for a continued call are spent."""
     (work / "eval.json").write_text(json.dumps(results, indent=1))
-    (work / SWEEPS_SO_FAR).unlink(missing_ok=True)
+    (work / PROGRESS).unlink(missing_ok=True)
 
 
 def _fitting(lm, prompts: list[str], room: int) -> list[str]:

@@ -17,6 +17,8 @@ from harness.training.config import RecipeConfig
 from harness.training.corpus import read_corpus
 from harness.training.data import encode_documents
 from harness.training.evaluation import (
+    PROGRESS,
+    EvaluationProgress,
     acceptance_sweeps,
     greedy_acceptance,
     heldout_metrics,
@@ -27,6 +29,7 @@ from harness.training.evaluation import (
 from harness.training.stages import StageRunner
 from harness.training.tokenizer import train_bpe_tokenizer
 from harness.training.train import train
+from harness.weights import dir_sha256, file_sha256
 
 SHARD = "12MB"  # files small enough to bring home from a lent GPU
 # Fine-tuning variants compared from the same base at the same time budget (stage "compare").
@@ -189,14 +192,20 @@ def evaluate(cfg: RecipeConfig, work: Path, device: str, log=print) -> dict:
     from harness.models import load_model
 
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
+    heldout_key = [file_sha256(work / "heldout.npy"), cfg.seq_len, cfg.n_groups]
+    progress = EvaluationProgress(work / PROGRESS)
     results: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "parameters": {}}
     for name in ("base", "sdsat"):
         lm = load_model(ModelSpec(model=str(work / name), device=device))  # fp32
         ids = list(lm.adaptive.token_ids) if lm.adaptive else None
-        results[name] = heldout_metrics(lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups)
+        results[name] = progress.remembered(
+            f"heldout/{name}",
+            [dir_sha256(work / name), *heldout_key],
+            partial(heldout_metrics, lm.model, heldout, cfg.seq_len, ids, n_groups=cfg.n_groups),
+        )
         results["parameters"][name] = sum(p.numel() for p in lm.model.parameters())
         log(f"[evaluate] {name}: {results[name]}")
     # lm is the SDSAT model now
-    results.update(acceptance_sweeps(lm, cfg, work, log))
+    results.update(acceptance_sweeps(lm, cfg, work, log, progress))
     write_evaluation(work, results)
     return results

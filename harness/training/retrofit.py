@@ -37,7 +37,13 @@ from harness.training.checkpoint import save_checkpoint
 from harness.training.config import RecipeConfig
 from harness.training.corpus import corpus_from_documents, read_corpus
 from harness.training.data import encode_documents, fim_positions
-from harness.training.evaluation import acceptance_sweeps, heldout_metrics, write_evaluation
+from harness.training.evaluation import (
+    PROGRESS,
+    EvaluationProgress,
+    acceptance_sweeps,
+    heldout_metrics,
+    write_evaluation,
+)
 from harness.training.stages import StageRunner
 from harness.training.train import train
 from harness.vocabulary import ADAPTIVE_INITS, Extension, adaptive_init, extend_tokenizer
@@ -311,22 +317,32 @@ def evaluate(cfg: RecipeConfig, work: Path, source, extension: Extension, device
 
     heldout = np.asarray(np.load(work / "heldout.npy", mmap_mode="r"))
     seq_len = json.loads((work / "sdsat_summary.json").read_text())["config"]["seq_len"]  # as trained
+    heldout_key = [weights.file_sha256(work / "heldout.npy"), seq_len, cfg.n_groups]
+    progress = EvaluationProgress(work / PROGRESS)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}
     base = weights.open_plain(source, torch.float32).to(device).eval()
     results["parameters"] = {"base": sum(p.numel() for p in base.parameters())}  # as it is, before any growth
     if len(heldout) and int(heldout.max()) >= extension.base_rows:
         grow_vocabulary(base, extension.vocab_size, extension.new_ids)
         results["base_note"] = "the tokenizer has ids beyond the base's embedding rows: scored with them grown"
-    results["base"] = heldout_metrics(base, heldout, seq_len, None)
+    results["base"] = progress.remembered(
+        "heldout/base",
+        [weights.fingerprint(source), *heldout_key],
+        partial(heldout_metrics, base, heldout, seq_len, None),
+    )
     del base
     lm = load_model(
         ModelSpec(model=str(work / "sdsat"), device=str(device), engine="eager")
     )  # fp32: exact, no compiles
     ids = list(lm.adaptive.token_ids)
-    results["sdsat"] = heldout_metrics(lm.model, heldout, seq_len, ids, n_groups=cfg.n_groups)
+    results["sdsat"] = progress.remembered(
+        "heldout/sdsat",
+        [weights.fingerprint(weights.resolve(str(work / "sdsat"))), *heldout_key],
+        partial(heldout_metrics, lm.model, heldout, seq_len, ids, n_groups=cfg.n_groups),
+    )
     for name in ("base", "sdsat"):
         log(f"[evaluate] {name}: {results[name]}")
     results["parameters"]["sdsat"] = sum(p.numel() for p in lm.model.parameters())
-    results.update(acceptance_sweeps(lm, cfg, work, log))
+    results.update(acceptance_sweeps(lm, cfg, work, log, progress))
     write_evaluation(work, results)
     return results
